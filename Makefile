@@ -1,0 +1,33 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# Everything is installed from pyproject.toml into a virtual environment.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+# Demo and test runs stay on the CPU and quiet unless asked otherwise.
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: help install demo test clean
+
+help:
+	@echo "make demo   - install, then train (and export, serve) on the built-in demo dataset"
+	@echo "make test   - install, then run the test suite"
+	@echo "make clean  - remove the virtual environment and generated demo outputs"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[train,serve,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m training demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) data/demo models/demo-*
