@@ -1,0 +1,1 @@
+"""Training half: Keras recipes, evaluation, export. The only package that imports TensorFlow."""

@@ -1,0 +1,246 @@
+"""`python -m training`: train, evaluate, run the ladder, export, and the demo.
+
+TensorFlow is imported only by the commands that need it, so `--help` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .config import LADDER_NAMES, RECIPES, TRANSFER_MODES
+from .errors import UserError
+
+DEMO_DATA = Path("data/demo")
+
+
+def _image_size(text: str) -> tuple[int, int]:
+    """`180` or `180x160` (height x width)."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected SIZE or HEIGHTxWIDTH in pixels, like 180 or 180x160, not {text!r}")
+    return parts[0], parts[1]
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or value <= 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, not {text!r}")
+        return value
+
+    return parse
+
+
+def _model_name(text: str) -> str:
+    # Names become BentoML tags: lowercase letters, digits, '-', '_' and '.', starting alphanumeric.
+    if not text or not text[0].isalnum() or any(not (c.isalnum() or c in "-_.") for c in text) or text != text.lower():
+        raise argparse.ArgumentTypeError(f"model names use lowercase letters, digits, '-', '_' and '.', not {text!r}")
+    return text
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data")
+    source = group.add_mutually_exclusive_group()
+    source.add_argument("--data", metavar="DIR", help="image folder (DIR/train/<class>/*, optional validation/ and test/); "
+                        "for mnist an .npz file (default: keras.datasets.mnist)")
+    source.add_argument("--demo", action="store_true", help=f"use the built-in demo dataset ({DEMO_DATA}, generated if missing)")
+    group.add_argument("--models-dir", default="models", metavar="DIR", help="where model folders are written (default: %(default)s)")
+    group.add_argument("--overwrite", action="store_true", help="train again a model that is already trained")
+
+
+def _add_hyperparameters(parser: argparse.ArgumentParser, *, learning_rate: bool = True) -> None:
+    group = parser.add_argument_group("hyperparameters (default: the recipe's, see README)")
+    group.add_argument("--image-size", type=_image_size, metavar="SIZE", help="input size, SIZE or HEIGHTxWIDTH (default 180; mnist 28, basenet 32)")
+    group.add_argument("--color-mode", choices=("rgb", "grayscale"), help="image channels (default rgb; mnist grayscale)")
+    group.add_argument("--batch-size", type=_positive(int), metavar="N")
+    group.add_argument("--epochs", type=_positive(int), metavar="N")
+    if learning_rate:
+        group.add_argument("--learning-rate", type=_positive(float), metavar="LR", help="default 1e-3; finetune 1e-5")
+        group.add_argument("--optimizer", choices=("rmsprop", "adam"))
+    group.add_argument("--seed", type=int, help="seed of every random choice (default 1337)")
+    group.add_argument("--patience", type=_positive(int), metavar="N", help="stop after N epochs without a better val_loss (default: off)")
+    group.add_argument("--validation-split", type=float, metavar="F", help="fraction of train held out when there is no validation split (default 0.2; mnist 0.1)")
+    group.add_argument("--dropout", type=float, metavar="F", help="dropout before the classifier (default: augmented 0.5, transfer 0.5, scratch 0)")
+    base = parser.add_argument_group("pretrained base (transfer, finetune)")
+    base.add_argument("--base", choices=("mobilenet_v2", "vgg16", "resnet50"), help="keras.applications base (default mobilenet_v2)")
+    base.add_argument("--alpha", type=float, help="MobileNetV2 width multiplier (default 0.35)")
+    base.add_argument("--base-weights", metavar="imagenet|none|PATH", help="ImageNet weights (downloaded or cached), random, or a local weights file (default imagenet)")
+    base.add_argument("--transfer-mode", choices=TRANSFER_MODES, help="augmented: end-to-end with augmentation, frozen base (default); "
+                      "features: run the base once, train the head on cached features")
+    base.add_argument("--unfreeze", type=int, metavar="N", help="finetune: unfreeze the base's last N layers, BatchNormalization excepted (default 4)")
+
+
+HYPERPARAMETERS = ("image_size", "color_mode", "batch_size", "epochs", "learning_rate", "optimizer", "seed", "patience",
+                   "validation_split", "dropout", "base", "alpha", "base_weights", "transfer_mode", "unfreeze")
+
+
+def _overrides(args) -> dict:
+    return {key: getattr(args, key) for key in HYPERPARAMETERS if hasattr(args, key)}
+
+
+def _data(args) -> str | None:
+    if args.demo:
+        from .demo_data import generate_demo_dataset
+
+        if not (DEMO_DATA / "train").is_dir():
+            print(f"generating the demo dataset in {DEMO_DATA}")
+            generate_demo_dataset(DEMO_DATA)
+        return str(DEMO_DATA)
+    return args.data
+
+
+def cmd_train(args) -> None:
+    from .config import resolve
+    from .manifest import read_manifest
+    from .train import summary_line, train
+
+    overrides = _overrides(args)
+    name = args.name or LADDER_NAMES.get(args.recipe, args.recipe)
+    source = None
+    if args.recipe == "finetune":
+        source = Path(args.source or Path(args.models_dir) / LADDER_NAMES["transfer"])
+        if overrides["image_size"] is None:
+            shape = read_manifest(source)["input"]
+            overrides["image_size"] = (shape["height"], shape["width"])
+    manifest = train(args.recipe, resolve(args.recipe, **overrides), data=_data(args), name=name,
+                     models_dir=args.models_dir, source=source, overwrite=args.overwrite)
+    print(summary_line(manifest))
+
+
+def cmd_pipeline(args) -> None:
+    from .pipeline import run_pipeline
+
+    run_pipeline(_data(args), models_dir=args.models_dir, prefix=args.prefix, overwrite=args.overwrite, **_overrides(args))
+
+
+def cmd_evaluate(args) -> None:
+    from .reevaluate import reevaluate
+
+    reevaluate(Path(args.model_dir), data=args.data)
+
+
+def cmd_export(args) -> None:
+    from .export import export_line, export_model
+    from .manifest import MANIFEST
+
+    if args.all:
+        models_dir = Path(args.models_dir)
+        dirs = sorted(p.parent for p in models_dir.glob(f"*/{MANIFEST}"))
+        if not dirs:
+            raise UserError(f"{models_dir} holds no trained models")
+    elif args.model_dir:
+        dirs = [Path(args.model_dir)]
+    else:
+        raise UserError("name a model folder (python -m training export models/<name>) or pass --all")
+    for model_dir in dirs:
+        print(export_line(export_model(model_dir, data=args.data, register_model=not args.no_register, opset=args.opset)))
+
+
+def cmd_demo_data(args) -> None:
+    from .demo_data import generate_demo_dataset
+
+    print(f"demo dataset written to {generate_demo_dataset(args.directory, seed=args.seed)}")
+
+
+def cmd_demo(args) -> None:
+    from .demo import run_demo
+
+    run_demo(models_dir=Path(args.models_dir), data=Path(args.data), epochs=args.epochs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m training",
+        description="Train Keras image classifiers from image folders (or MNIST), evaluate and export them.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("train", help="train one recipe", description="Train one recipe into MODELS_DIR/NAME.")
+    p.add_argument("recipe", choices=RECIPES, help="scratch | augmented | transfer | finetune | mnist | basenet")
+    p.add_argument("--name", type=_model_name, help="model name (default: the recipe's: scratch, augmented, transfer, finetuned, mnist, basenet)")
+    p.add_argument("--from", dest="source", metavar="MODEL_DIR", help="finetune: the trained transfer model to start from (default MODELS_DIR/transfer)")
+    _add_data_options(p)
+    _add_hyperparameters(p)
+    p.set_defaults(func=cmd_train)
+
+    p = commands.add_parser("pipeline", help="train the ladder: scratch, augmented, transfer, finetune",
+                            description="Train scratch, augmented, transfer and finetune in order; rungs already trained are skipped.")
+    p.add_argument("--prefix", default="", type=lambda s: s and _model_name(s), help="prefix of the four model names (default none)")
+    _add_data_options(p)
+    _add_hyperparameters(p, learning_rate=False)
+    p.set_defaults(func=cmd_pipeline)
+
+    p = commands.add_parser("evaluate", help="evaluate a trained model on its test split",
+                            description="Evaluate MODEL_DIR's model on the test split of its dataset (or of --data).")
+    p.add_argument("model_dir", help="a trained model folder, e.g. models/scratch")
+    p.add_argument("--data", metavar="DIR", help="dataset to evaluate on (default: the one it was trained on)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = commands.add_parser("export", help="export trained models to SavedModel and ONNX, check parity, register with BentoML",
+                            description="Export MODEL_DIR (or every model with --all) to SavedModel and ONNX, check that ONNX Runtime "
+                                        "computes what Keras computes, and register the package in the BentoML model store.")
+    p.add_argument("model_dir", nargs="?", help="a trained model folder, e.g. models/finetuned")
+    p.add_argument("--all", action="store_true", help="export every trained model under --models-dir")
+    p.add_argument("--models-dir", default="models", metavar="DIR", help="(default: %(default)s)")
+    p.add_argument("--data", metavar="DIR", help="dataset for the parity check (default: the one the model was trained on)")
+    p.add_argument("--opset", type=_positive(int), default=17, help="ONNX opset (default: %(default)s)")
+    p.add_argument("--no-register", action="store_true", help="do not register the package in the BentoML model store")
+    p.set_defaults(func=cmd_export)
+
+    p = commands.add_parser("demo-data", help="write the generated demo dataset to a folder")
+    p.add_argument("directory", help="folder to write (DIR/train, DIR/validation, DIR/test)")
+    p.add_argument("--seed", type=int, default=1337, help="(default: %(default)s)")
+    p.set_defaults(func=cmd_demo_data)
+
+    p = commands.add_parser("demo", help="the whole pipeline on the built-in demo dataset, in a few minutes",
+                            description="Generate the demo dataset, train the ladder on small images, export and check the models.")
+    p.add_argument("--data", default=str(DEMO_DATA), help="where the demo dataset is (generated if missing; default: %(default)s)")
+    p.add_argument("--models-dir", default="models", help="(default: %(default)s)")
+    p.add_argument("--epochs", type=_positive(int), default=None, help="epochs per rung (default: the demo's own, a few)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its C++ start-up notes (no CUDA driver here, oneDNN on) kept off the terminal.
+
+    TensorFlow writes them to file descriptor 2 before its log level applies. An import error still
+    raises, with its traceback, once stderr is back.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.func is not cmd_demo_data:
+        _import_tensorflow_quietly()
+    try:
+        args.func(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0

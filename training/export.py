@@ -1,0 +1,222 @@
+"""Export: a trained Keras model to SavedModel and ONNX, proven equal, registered with BentoML.
+
+The exported graph is the inference model: the core of the trained model (no augmentation
+layers), called with `training=False` (dropout off), with two named outputs:
+
+- `probabilities` [N, classes]: a one-unit sigmoid output p is exported as [1 - p, p];
+- `features` [N, D]: global average pooling of the `feature_map` layer.
+
+Every export runs ONNX Runtime (CPU) and Keras on real images of the model's dataset plus random
+inputs, and fails unless they agree (largest absolute difference of `probabilities` at most 1e-4,
+same top-1 label). The figures go into the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from .data import load_datasets
+from .errors import UserError
+from .manifest import MANIFEST, library_versions, now, read_manifest, write_json
+from .recipes import FEATURE_MAP, core_of
+from .reevaluate import dataset_of, hyperparameters_of
+from .train import load_keras_model
+
+# Opset 17 runs on every ONNX Runtime of the last years (>= 1.12) and holds every op these models use.
+OPSET = 17
+TOLERANCE = 1e-4
+ONNX_FILE = "model.onnx"
+SAVED_MODEL_DIR = "saved_model"
+# What goes into the BentoML model store: what serving and TF Serving need, not the training state.
+PACKAGE_FILES = (MANIFEST, ONNX_FILE, SAVED_MODEL_DIR, "evaluation.json", "history.json", "curves.png")
+PARITY_IMAGES = 32
+PARITY_RANDOM = 8
+
+
+def inference_model(model: keras.Model) -> keras.Model:
+    """The trained model's core with the two named outputs of the contract."""
+    core = core_of(model)
+    probabilities = core.output
+    if probabilities.shape[-1] == 1:
+        probabilities = keras.layers.Concatenate(name="two_class_probabilities")([1.0 - probabilities, probabilities])
+    features = keras.layers.GlobalAveragePooling2D(name="pooled_feature_map")(core.get_layer(FEATURE_MAP).output)
+    return keras.Model(core.input, {"probabilities": probabilities, "features": features}, name="inference")
+
+
+def _serving_function(inference: keras.Model):
+    import tensorflow as tf
+
+    spec = tf.TensorSpec((None, *inference.input.shape[1:]), tf.float32, name="image")
+
+    @tf.function(input_signature=[spec])
+    def serve(image):
+        outputs = inference(image, training=False)
+        return {"probabilities": outputs["probabilities"], "features": outputs["features"]}
+
+    return serve, spec
+
+
+def write_saved_model(inference: keras.Model, path: Path) -> None:
+    """SavedModel with a `serving_default` signature: input `image`, outputs by name."""
+    serve, spec = _serving_function(inference)
+    archive = keras.export.ExportArchive()
+    archive.track(inference)
+    archive.add_endpoint(name="serving_default", fn=serve, input_signature=[spec])
+    shutil.rmtree(path, ignore_errors=True)
+    archive.write_out(str(path), verbose=False)
+
+
+def write_onnx(inference: keras.Model, path: Path, opset: int = OPSET) -> None:
+    import onnx
+    import tf2onnx
+
+    serve, spec = _serving_function(inference)
+    model_proto, _ = tf2onnx.convert.from_function(serve, input_signature=[spec], opset=opset)
+    # Name the dynamic batch dimension, so that every tool shows [batch, H, W, C].
+    for value in list(model_proto.graph.input) + list(model_proto.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    onnx.checker.check_model(model_proto)
+    onnx.save(model_proto, str(path))
+
+
+def onnx_session(path: Path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def parity_inputs(model_dir: Path, manifest: dict, data: str | None, seed: int = 0) -> tuple[np.ndarray, int]:
+    """Real images of the model's dataset (test split, else validation) plus random pixels."""
+    try:
+        ds = load_datasets(data or dataset_of(manifest), hyperparameters_of(manifest),
+                           mnist=manifest["dataset"]["kind"] == "mnist", cache_dir=model_dir / "cache")
+    except UserError as err:
+        raise UserError(f"cannot check parity on real images: {err}; pass --data DIR") from None
+    images = []
+    for batch, _ in (ds.test or ds.validation):
+        images.append(np.asarray(batch))
+        if sum(len(b) for b in images) >= PARITY_IMAGES:
+            break
+    real = np.concatenate(images)[:PARITY_IMAGES]
+    random = np.random.default_rng(seed).uniform(0, 255, size=(PARITY_RANDOM, *real.shape[1:])).astype(np.float32)
+    return np.concatenate([real, random]), len(real)
+
+
+def check_parity(inference: keras.Model, onnx_path: Path, inputs: np.ndarray, real_images: int) -> dict:
+    """Compare ONNX Runtime with Keras on `inputs`; raise UserError with the figures if they differ."""
+    expected = inference(inputs, training=False)
+    session = onnx_session(onnx_path)
+    got = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"image": inputs})))
+    diff_p = float(np.abs(got["probabilities"] - np.asarray(expected["probabilities"])).max())
+    diff_f = float(np.abs(got["features"] - np.asarray(expected["features"])).max())
+    agree = float((got["probabilities"].argmax(1) == np.asarray(expected["probabilities"]).argmax(1)).mean())
+    figures = {
+        "images": real_images,
+        "random_inputs": len(inputs) - real_images,
+        "max_abs_diff_probabilities": diff_p,
+        "max_abs_diff_features": diff_f,
+        "top1_agreement": agree,
+        "tolerance": TOLERANCE,
+        "runtime": "onnxruntime CPUExecutionProvider",
+    }
+    if diff_p > TOLERANCE or agree < 1.0:
+        raise UserError(
+            f"ONNX export of {onnx_path.parent} does not compute what the Keras model does: largest difference in "
+            f"probabilities {diff_p:.2e} (allowed {TOLERANCE:.0e}), top-1 agreement {agree:.1%} on {len(inputs)} inputs"
+        )
+    return figures
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_records(model_dir: Path, names) -> dict[str, dict]:
+    """sha256 and size of every file under `names` (files or folders), by relative path."""
+    records = {}
+    for name in names:
+        path = model_dir / name
+        for file in sorted([path] if path.is_file() else path.rglob("*")):
+            if file.is_file():
+                records[str(file.relative_to(model_dir))] = {"sha256": _sha256(file), "bytes": file.stat().st_size}
+    return records
+
+
+def _without_nulls(value):
+    """BentoML metadata takes no None: drop null entries (a missing key reads the same)."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value if v is not None]
+    return value
+
+
+def register(model_dir: Path, manifest: dict) -> str:
+    """Copy the package into the BentoML model store as a new version of `name`; return the tag."""
+    import bentoml
+
+    labels = {"recipe": manifest["recipe"], "project": "convnet-serving"}
+    with bentoml.models.create(manifest["name"], labels=labels, metadata=_without_nulls(manifest)) as bento_model:
+        target = Path(bento_model.path)
+        for name in PACKAGE_FILES:
+            source = model_dir / name
+            if source.is_dir():
+                shutil.copytree(source, target / name)
+            elif source.is_file():
+                shutil.copy2(source, target / name)
+        tag = str(bento_model.tag)
+        write_json(target / MANIFEST, {**manifest, "bentoml": {"tag": tag}})
+    return tag
+
+
+def export_model(model_dir: str | Path, *, data: str | None = None, register_model: bool = True, opset: int = OPSET) -> dict:
+    """Export one trained model folder; return its extended manifest."""
+    model_dir = Path(model_dir)
+    manifest = read_manifest(model_dir)
+    if "metrics" not in manifest:
+        raise UserError(f"{model_dir} holds no finished training run")
+    model = load_keras_model(model_dir)
+    start = time.perf_counter()
+    inference = inference_model(model)
+    write_saved_model(inference, model_dir / SAVED_MODEL_DIR)
+    write_onnx(inference, model_dir / ONNX_FILE, opset)
+    inputs, real = parity_inputs(model_dir, manifest, data)
+    parity = check_parity(inference, model_dir / ONNX_FILE, inputs, real)
+
+    shape = [None, *inference.input.shape[1:]]
+    outputs = {name: {"shape": [None, int(tensor.shape[-1])], "dtype": "float32"} for name, tensor in inference.output.items()}
+    manifest["export"] = {
+        "created_at": now(),
+        "seconds": round(time.perf_counter() - start, 1),
+        "input": {"name": "image", "shape": shape, "dtype": "float32"},
+        "outputs": outputs,
+        "onnx": {"path": ONNX_FILE, "opset": opset},
+        "saved_model": {"path": SAVED_MODEL_DIR, "signature": "serving_default", "tags": ["serve"]},
+        "parity": parity,
+        "versions": library_versions("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "onnxruntime-gpu", "numpy"),
+    }
+    manifest["files"] = file_records(model_dir, ("model.keras", ONNX_FILE, SAVED_MODEL_DIR))
+    write_json(model_dir / MANIFEST, manifest)
+    if register_model:
+        tag = register(model_dir, manifest)
+        manifest.setdefault("registered", []).append({"tag": tag, "at": now()})
+        write_json(model_dir / MANIFEST, manifest)
+    return manifest
+
+
+def export_line(manifest: dict) -> str:
+    parity = manifest["export"]["parity"]
+    tags = manifest.get("registered") or [{"tag": "not registered"}]
+    return (f"{manifest['name']:<12} exported: ONNX opset {manifest['export']['onnx']['opset']}, SavedModel; "
+            f"parity max |diff| {parity['max_abs_diff_probabilities']:.1e} on {parity['images']} images + "
+            f"{parity['random_inputs']} random inputs; {tags[-1]['tag']}")

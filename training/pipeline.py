@@ -1,0 +1,39 @@
+"""The ladder of the seed documents, in order: scratch, augmented, transfer, finetune.
+
+Each rung is an ordinary training run; finetune starts from the transfer rung's model. A rung
+already trained is skipped (so an interrupted pipeline picks up where it stopped), unless
+`overwrite` asks to train it again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import LADDER, LADDER_NAMES, resolve
+from .manifest import MANIFEST, read_manifest
+from .train import summary_line, train
+
+
+def run_pipeline(data, *, models_dir: str | Path = "models", prefix: str = "", overwrite: bool = False,
+                 fallback_to_random: bool = False, **overrides) -> list[dict]:
+    """Train the four rungs into models_dir/<prefix><name>; return their manifests."""
+    models_dir = Path(models_dir)
+    manifests = []
+    for recipe in LADDER:
+        name = prefix + LADDER_NAMES[recipe]
+        out = models_dir / name
+        if (out / MANIFEST).is_file() and not overwrite:
+            print(f"{name}: already trained in {out}, skipping it (--overwrite trains it again)")
+            manifests.append(read_manifest(out))
+            continue
+        source = models_dir / (prefix + LADDER_NAMES["transfer"]) if recipe == "finetune" else None
+        manifests.append(train(recipe, resolve(recipe, **overrides), data=data, name=name, models_dir=models_dir,
+                               source=source, overwrite=overwrite, fallback_to_random=fallback_to_random))
+    print_summary(manifests)
+    return manifests
+
+
+def print_summary(manifests: list[dict]) -> None:
+    print()
+    for manifest in manifests:
+        print(summary_line(manifest))

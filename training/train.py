@@ -1,0 +1,317 @@
+"""One training run: data, recipe, fit, evaluation, and the model package written to models/<name>/.
+
+The run reads like the lesson it follows: load the data, build the model, compile, fit with
+callbacks (best checkpoint by validation loss, per-epoch log, backup for resuming), evaluate the
+best model on the test split, plot, and write the manifest. An interrupted run resumes from its
+last completed epoch when started again with the same options.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from . import evaluate, plots
+from .bases import build_base
+from .config import Hyperparameters
+from .data import Datasets, load_datasets
+from .errors import UserError
+from .manifest import FORMAT_VERSION, KERAS_FILE, MANIFEST, input_record, library_versions, now, read_manifest, write_json
+from .recipes import (
+    FEATURE_MAP,
+    assemble,
+    build_basenet,
+    build_mnist,
+    build_scratch,
+    build_transfer,
+    compile_model,
+    core_of,
+    feature_extractor,
+    head_on_features,
+    unfreeze_top,
+)
+
+LOG_FILE = "training_log.csv"
+BACKUP_DIR = "backup"
+CACHE_DIR = "cache"
+HEAD_WEIGHTS = "head.weights.h5"
+RUN_FILE = "run.json"
+
+
+@dataclass
+class Built:
+    """What a recipe builds: the inference core, how it preprocesses, and its pretrained base."""
+
+    core: keras.Model
+    preprocessing: str
+    base: dict | None = None
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Adds `epoch_seconds` to the logs, so the CSV log keeps training time across resumed runs."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["epoch_seconds"] = time.perf_counter() - self._start
+
+
+def _verbosity() -> int:
+    # Progress bars on a terminal; one line per epoch in a log file.
+    return 1 if sys.stdout.isatty() else 2
+
+
+def read_log(out: Path) -> dict[str, list[float]]:
+    """The per-epoch log as columns; a repeated epoch (interrupted write) keeps its last row."""
+    path = out / LOG_FILE
+    if not path.is_file():
+        return {}
+    rows: dict[int, dict[str, str]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            rows[int(row["epoch"])] = row
+    columns: dict[str, list[float]] = {}
+    for epoch in sorted(rows):
+        for key, value in rows[epoch].items():
+            if key != "epoch" and value not in ("", None):
+                columns.setdefault(key, []).append(float(value))
+    return columns
+
+
+def _callbacks(out: Path, checkpoint: Path, hp: Hyperparameters, *, weights_only: bool = False) -> list:
+    previous = read_log(out).get("val_loss")
+    callbacks = [
+        EpochTimer(),
+        keras.callbacks.ModelCheckpoint(
+            str(checkpoint), monitor="val_loss", save_best_only=True, save_weights_only=weights_only,
+            # after a resume, only an epoch better than the best before the interruption replaces it
+            initial_value_threshold=min(previous) if previous else None,
+        ),
+        keras.callbacks.CSVLogger(str(out / LOG_FILE), append=True),
+        keras.callbacks.BackupAndRestore(str(out / BACKUP_DIR), delete_checkpoint=False),
+    ]
+    if hp.patience:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=hp.patience))
+    return callbacks
+
+
+def _prepare_output(out: Path, run: dict, overwrite: bool) -> bool:
+    """Make `out` ready for this run; True when it resumes an interrupted run there."""
+    if (out / MANIFEST).is_file():
+        if not overwrite:
+            raise UserError(f"{out} already holds a trained model; pass --overwrite to train it again")
+        shutil.rmtree(out)
+    elif (out / BACKUP_DIR).is_dir():
+        previous = json.loads((out / RUN_FILE).read_text()) if (out / RUN_FILE).is_file() else None
+        if previous == run:
+            return True
+        if not overwrite:
+            raise UserError(
+                f"{out} holds an interrupted run with other options; give the same options to resume it, "
+                "or pass --overwrite to start again"
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in (LOG_FILE, KERAS_FILE, HEAD_WEIGHTS):
+        (out / stale).unlink(missing_ok=True)
+    shutil.rmtree(out / CACHE_DIR, ignore_errors=True)
+    write_json(out / RUN_FILE, run)
+    return False
+
+
+def _source_model(source: Path, classes: list[str], hp: Hyperparameters) -> tuple[keras.Model, dict]:
+    """The trained transfer model that fine-tuning starts from, checked against this run."""
+    manifest = read_manifest(source)
+    if manifest.get("base") is None:
+        raise UserError(f"{source} has no pretrained base to fine-tune (recipe {manifest.get('recipe')}); train the transfer recipe first")
+    if manifest["classes"] != classes:
+        raise UserError(f"{source} was trained on classes {manifest['classes']}, but this data has {classes}")
+    shape = [manifest["input"][k] for k in ("height", "width", "channels")]
+    if shape != list(hp.input_shape):
+        raise UserError(f"{source} takes {shape[0]}x{shape[1]}x{shape[2]} images, not {'x'.join(map(str, hp.input_shape))}: leave --image-size unset")
+    return load_keras_model(source), manifest
+
+
+def load_keras_model(model_dir: Path) -> keras.Model:
+    path = Path(model_dir) / KERAS_FILE
+    if not path.is_file():
+        raise UserError(f"{model_dir} has no {KERAS_FILE}: train the model first")
+    try:
+        return keras.models.load_model(path)
+    except Exception as err:  # keras reports a damaged file as many exception types
+        raise UserError(f"{path} cannot be loaded ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'damaged file'})") from None
+
+
+def build(recipe: str, hp: Hyperparameters, classes: list[str], *, source: Path | None, fallback_to_random: bool) -> Built:
+    """The recipe's inference core (see recipes.py), unfrozen as the recipe wants."""
+    k = len(classes)
+    rescale = "Rescaling(1/255)"
+    if recipe in ("scratch", "augmented"):
+        return Built(build_scratch(hp.input_shape, k, dropout=hp.dropout), rescale)
+    if recipe == "mnist":
+        return Built(build_mnist(hp.input_shape, k), rescale)
+    if recipe == "basenet":
+        return Built(build_basenet(hp.input_shape, k), rescale)
+    preprocessing = f"{hp.base}.preprocess_input"
+    if recipe == "transfer":
+        if hp.color_mode != "rgb":
+            raise UserError("pretrained bases take RGB images: leave --color-mode unset")
+        base, weights = build_base(hp.base, hp.input_shape, hp.base_weights, alpha=hp.alpha, fallback_to_random=fallback_to_random)
+        record = {"architecture": hp.base, "alpha": hp.alpha if hp.base == "mobilenet_v2" else None,
+                  "weights": weights.weights, "weights_source": weights.source, "unfrozen_layers": 0,
+                  "layers": len(base.layers), "parameters": base.count_params()}
+        return Built(build_transfer(hp.input_shape, k, base, hp.base, dropout=hp.dropout), preprocessing, record)
+    if recipe == "finetune":
+        if source is None:
+            raise UserError("fine-tuning starts from a trained transfer model: pass --from models/<name>")
+        model, manifest = _source_model(source, classes, hp)
+        core = core_of(model)
+        unfrozen = unfreeze_top(core, hp.unfreeze)
+        record = {**manifest["base"], "unfrozen_layers": hp.unfreeze, "unfrozen": unfrozen, "from_model": manifest["name"]}
+        return Built(core, f"{manifest['base']['architecture']}.preprocess_input", record)
+    raise UserError(f"unknown recipe {recipe!r}")
+
+
+def _extract_features(extractor: keras.Model, dataset, label: str) -> tuple[np.ndarray, np.ndarray]:
+    features, labels = [], []
+    progress = keras.utils.Progbar(None, unit_name="batch", verbose=1 if sys.stdout.isatty() else 0)
+    print(f"extracting {label} features with the frozen base")
+    for images, batch_labels in dataset:
+        features.append(np.asarray(extractor(images, training=False)))
+        labels.append(np.asarray(batch_labels))
+        progress.add(1)
+    return np.concatenate(features), np.concatenate(labels)
+
+
+def fit_on_features(core: keras.Model, ds: Datasets, hp: Hyperparameters, out: Path) -> float:
+    """Fast feature extraction: run the base once over the data, then train the head on the features.
+
+    The features are cached in the run's folder, so a resumed run does not compute them again.
+    Returns the seconds spent extracting.
+    """
+    import tensorflow as tf
+
+    cache = out / CACHE_DIR / "features.npz"
+    if cache.is_file():
+        with np.load(cache) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    else:
+        start = time.perf_counter()
+        extractor = feature_extractor(core)
+        train_x, train_y = _extract_features(extractor, ds.train, "training")
+        val_x, val_y = _extract_features(extractor, ds.validation, "validation")
+        arrays = {"train_x": train_x, "train_y": train_y, "val_x": val_x, "val_y": val_y,
+                  "seconds": np.float64(time.perf_counter() - start)}
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, **arrays)
+    head = head_on_features(core)
+    compile_model(head, len(ds.classes), optimizer=hp.optimizer, learning_rate=hp.learning_rate)
+    train = (tf.data.Dataset.from_tensor_slices((arrays["train_x"], arrays["train_y"]))
+             .shuffle(len(arrays["train_x"]), seed=hp.seed).batch(hp.batch_size))
+    validation = tf.data.Dataset.from_tensor_slices((arrays["val_x"], arrays["val_y"])).batch(hp.batch_size)
+    head.fit(train, validation_data=validation, epochs=hp.epochs, verbose=_verbosity(), shuffle=False,
+             callbacks=_callbacks(out, out / HEAD_WEIGHTS, hp, weights_only=True))
+    head.load_weights(out / HEAD_WEIGHTS)  # the best epoch, as ModelCheckpoint kept it
+    return float(arrays["seconds"])
+
+
+def _parameters(model: keras.Model) -> dict[str, int]:
+    total = model.count_params()
+    trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
+    return {"total": int(total), "trainable": trainable, "non_trainable": int(total - trainable)}
+
+
+def write_evaluation(model_dir: Path, core: keras.Model, ds: Datasets, name: str) -> dict:
+    """Evaluate on the test split (validation when there is none); write the JSON and the picture."""
+    split, dataset = ("test", ds.test) if ds.test is not None else ("validation", ds.validation)
+    probabilities, labels = evaluate.predict(core, dataset)
+    result = {"evaluated_on": split, **evaluate.report(probabilities, labels, ds.classes)}
+    write_json(model_dir / "evaluation.json", result)
+    plots.plot_confusion(result["confusion_matrix"], ds.classes, model_dir / "confusion_matrix.png",
+                         f"{name}: {split} accuracy {result['accuracy']:.1%}")
+    return result
+
+
+def train(recipe: str, hp: Hyperparameters, *, data: str | Path | None, name: str, models_dir: str | Path = "models",
+          source: str | Path | None = None, overwrite: bool = False, fallback_to_random: bool = False) -> dict:
+    """Train one recipe into `models_dir/name`; return its manifest."""
+    out = Path(models_dir) / name
+    run = {"recipe": recipe, "data": str(data), "source": str(source), "hyperparameters": hp.as_dict()}
+    resumed = _prepare_output(out, run, overwrite)
+    keras.utils.set_random_seed(hp.seed)
+
+    ds = load_datasets(data, hp, mnist=recipe == "mnist", cache_dir=out / CACHE_DIR)
+    sizes = ds.info["sizes"]
+    print(f"{name}: {recipe} recipe on {ds.info['path']}: {sizes['train']} training, {sizes['validation']} validation, "
+          f"{sizes.get('test', 0)} test images; classes {', '.join(ds.classes)}" + (" (resuming)" if resumed else ""))
+    built = build(recipe, hp, ds.classes, source=Path(source) if source else None, fallback_to_random=fallback_to_random)
+    core = built.core
+
+    extraction_seconds = 0.0
+    if recipe == "transfer" and hp.transfer_mode == "features":
+        extraction_seconds = fit_on_features(core, ds, hp, out)
+        model = assemble(core, augment=False, seed=hp.seed, name=name)
+        model.save(out / KERAS_FILE)
+    else:
+        model = assemble(core, augment=hp.augment, seed=hp.seed, name=name)
+        compile_model(model, len(ds.classes), optimizer=hp.optimizer, learning_rate=hp.learning_rate)
+        model.fit(ds.train, validation_data=ds.validation, epochs=hp.epochs, verbose=_verbosity(), shuffle=False,
+                  callbacks=_callbacks(out, out / KERAS_FILE, hp))
+
+    best = load_keras_model(out)  # the best epoch by validation loss
+    best_core = core_of(best)
+    parameters = _parameters(model)
+    with open(out / "summary.txt", "w") as f:
+        best.summary(print_fn=lambda line, **_: f.write(line + "\n"), expand_nested=True, show_trainable=True)
+
+    history = read_log(out)
+    seconds = float(sum(history.pop("epoch_seconds", []))) + extraction_seconds
+    best_epoch = int(np.argmin(history["val_loss"])) + 1 if history.get("val_loss") else None
+    write_json(out / "history.json", history)
+    plots.plot_curves(history, out / "curves.png", name if name == recipe else f"{name} ({recipe})", best_epoch)
+    result = write_evaluation(out, best_core, ds, name)
+
+    features_dim = int(best_core.get_layer(FEATURE_MAP).output.shape[-1])
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "recipe": recipe,
+        "created_at": now(),
+        "classes": ds.classes,
+        "input": input_record(hp, built.preprocessing),
+        "outputs": {
+            "probabilities": {"shape": [None, len(ds.classes)]},
+            "features": {"shape": [None, features_dim], "layer": FEATURE_MAP, "pooling": "global_average"},
+        },
+        "head": {"activation": "sigmoid" if len(ds.classes) == 2 else "softmax", "units": int(best_core.output.shape[-1])},
+        "base": built.base,
+        "dataset": ds.info,
+        "hyperparameters": hp.as_dict(),
+        "training": {"epochs_run": len(history.get("loss", [])), "best_epoch": best_epoch, "seconds": round(seconds, 1),
+                     "resumed": resumed},
+        "parameters": parameters,
+        "metrics": {"test_accuracy": result["accuracy"], "test_loss": result["loss"], "evaluated_on": result["evaluated_on"]},
+        "versions": library_versions("tensorflow", "keras", "numpy"),
+        "files": {"keras": KERAS_FILE},
+    }
+    write_json(out / MANIFEST, manifest)
+    for leftover in (BACKUP_DIR, CACHE_DIR):
+        shutil.rmtree(out / leftover, ignore_errors=True)
+    (out / HEAD_WEIGHTS).unlink(missing_ok=True)
+    return manifest
+
+
+def summary_line(manifest: dict) -> str:
+    m, t, p = manifest["metrics"], manifest["training"], manifest["parameters"]
+    return (f"{manifest['name']:<12} {m['evaluated_on']} accuracy {m['test_accuracy']:6.1%}  loss {m['test_loss']:.3f}  "
+            f"{t['epochs_run']:>3} epochs {t['seconds']:>7.1f} s  {p['total']:>10,} parameters ({p['trainable']:,} trainable)")
