@@ -1,0 +1,87 @@
+"""Why a request is refused, and the one shape every refusal has.
+
+Every 4xx answer is JSON: {"error": "<one line>", "detail": [{"type": <reason>, "loc": [...], "msg": ...}]},
+the shape BentoML gives its own validation errors (which this service raises for problems found
+while the request is parsed). `type` is one of Reason's values, or pydantic's error type when
+pydantic found a value of the wrong type. Each refusal is counted once in
+imgcls_rejected_requests_total{reason}.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Sequence
+
+from pydantic import ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
+from starlette.responses import JSONResponse
+
+from . import metrics
+
+
+class Reason(str, Enum):
+    """The fixed set of reasons a request is refused (the metric's label values)."""
+
+    WRONG_CONTENT_TYPE = "wrong_content_type"
+    BODY_TOO_LARGE = "body_too_large"
+    MALFORMED_BODY = "malformed_body"
+    MISSING_FIELD = "missing_field"
+    UNKNOWN_FIELD = "unknown_field"
+    INVALID_FIELD = "invalid_field"
+    TOO_MANY_IMAGES = "too_many_images"
+    UNKNOWN_MODEL = "unknown_model"
+    TOP_K_OUT_OF_RANGE = "top_k_out_of_range"
+    EMPTY_FILE = "empty_file"
+    NOT_AN_IMAGE = "not_an_image"
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    CORRUPT_IMAGE = "corrupt_image"
+    TOO_MANY_PIXELS = "too_many_pixels"
+    OVERLOADED = "overloaded"
+
+
+STATUS = {
+    Reason.WRONG_CONTENT_TYPE: 415,
+    Reason.UNSUPPORTED_FORMAT: 415,
+    Reason.BODY_TOO_LARGE: 413,
+    Reason.TOO_MANY_PIXELS: 413,
+    Reason.OVERLOADED: 503,
+}
+
+
+class Rejection(Exception):
+    """A request the service refuses, with the reason, a one-line message and where the problem is."""
+
+    def __init__(self, reason: Reason, message: str, loc: Sequence[str | int] = ()) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.loc = tuple(loc)
+
+    @property
+    def status(self) -> int:
+        return STATUS.get(self.reason, 400)
+
+    def at(self, *loc: str | int) -> "Rejection":
+        """The same rejection, located (e.g. at ("images", 2))."""
+        return Rejection(self.reason, self.message, loc)
+
+    def _where(self) -> str:
+        if not self.loc:
+            return ""
+        head, *rest = self.loc
+        return f"{head}{''.join(f'[{part}]' for part in rest)}: "
+
+    def response(self) -> JSONResponse:
+        """The HTTP answer (counted)."""
+        metrics.REJECTED.labels(reason=self.reason.value).inc()
+        detail = {"type": self.reason.value, "loc": list(self.loc), "msg": self.message}
+        headers = {"Retry-After": "1"} if self.reason is Reason.OVERLOADED else None
+        return JSONResponse({"error": self._where() + self.message, "detail": [detail]}, status_code=self.status, headers=headers)
+
+    def validation_error(self, title: str) -> ValidationError:
+        """The same refusal as a pydantic ValidationError (counted), for code that BentoML runs
+        before the API function, where only ValidationError becomes a 400 with this body."""
+        metrics.REJECTED.labels(reason=self.reason.value).inc()
+        error = InitErrorDetails(type=PydanticCustomError(self.reason.value, self.message.replace("{", "(").replace("}", ")")),
+                                 loc=self.loc, input=None)
+        return ValidationError.from_exception_data(title, [error])

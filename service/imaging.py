@@ -1,0 +1,192 @@
+"""An uploaded file becomes the model's input tensor exactly as training made it (docs/model-package.md).
+
+Training decodes with `tf.io.decode_image(channels=C)`, applies the EXIF orientation and resizes
+with `tf.image.resize(method="bilinear")`. Here, without TensorFlow:
+
+- JPEG is decoded by libjpeg-turbo through simplejpeg with the fast integer DCT and smooth chroma
+  upsampling: TensorFlow's defaults, so the pixels are bit-identical (Pillow uses the accurate DCT,
+  which differs by up to 4 levels). Grayscale is libjpeg's own (the luma channel), as in TensorFlow.
+- Every other format is decoded by Pillow (first frame of a GIF; alpha dropped, not composited).
+  Colour to grayscale uses libpng's integer weights, which TensorFlow's PNG decoder applies;
+  16-bit samples keep their high byte, as libpng's strip_16 does.
+- The EXIF orientation is applied to the decoded array as `PIL.ImageOps.exif_transpose` would.
+- `resize_bilinear` reimplements `tf.image.resize(..., "bilinear", antialias=False)`
+  (half-pixel centres) in float32 numpy.
+
+tests/test_service_imaging.py checks all of this against TensorFlow.
+
+One deliberate deviation (SERVICE_JPEG_REDUCE, on by default): a JPEG at least 4x larger than the
+model input in both directions is decoded at a reduced scale in the DCT domain (libjpeg-turbo's
+scaled IDCT: 1/2, 3/8, 1/4 or 1/8), never below 2x the input. Decoding a 12-megapixel photo whole costs far more than the whole rest of a request,
+and bilinear resizing without antialiasing reads only 4 source pixels per output pixel anyway.
+The test suite measures the difference this makes.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import simplejpeg
+from PIL import Image, ImageFile
+
+from .errors import Reason, Rejection
+
+# Pillow's own decompression-bomb guard is replaced by ours (checked on the header, before
+# decoding), so that there is one limit with one clear error.
+Image.MAX_IMAGE_PIXELS = None
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+EXIF_ORIENTATION = 0x0112
+# libpng's rgb_to_gray with TensorFlow's coefficients (0.299, 0.587) in 15-bit fixed point, truncated.
+_GRAY_WEIGHTS = (9797, 19234, 3737)
+# Reduce a JPEG in the DCT domain only if the result keeps at least this many times the model's size.
+_JPEG_REDUCE_MARGIN = 2
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the model takes: height x width x channels (3: RGB, 1: grayscale)."""
+
+    height: int
+    width: int
+    channels: int
+
+
+def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """`tf.image.resize(image, (height, width), "bilinear", antialias=False)` for one HWC image.
+
+    Same arithmetic as TensorFlow's ResizeBilinear kernel with half-pixel centres, in float32:
+    source coordinate (i + 0.5) * scale - 0.5, neighbours clamped to the edges.
+    """
+    source = image.astype(np.float32, copy=False)
+    y_low, y_high, y_lerp = _interpolation(image.shape[0], height)
+    x_low, x_high, x_lerp = _interpolation(image.shape[1], width)
+    y_lerp = y_lerp[:, None, None]
+    x_lerp = x_lerp[None, :, None]
+    top_rows, bottom_rows = source[y_low], source[y_high]
+    top_left, top_right = top_rows[:, x_low], top_rows[:, x_high]
+    bottom_left, bottom_right = bottom_rows[:, x_low], bottom_rows[:, x_high]
+    top = top_left + (top_right - top_left) * x_lerp
+    bottom = bottom_left + (bottom_right - bottom_left) * x_lerp
+    return top + (bottom - top) * y_lerp
+
+
+def _interpolation(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    scale = np.float32(in_size) / np.float32(out_size)
+    position = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    floor = np.floor(position)
+    low = np.maximum(floor, 0).astype(np.intp)
+    high = np.minimum(np.ceil(position), in_size - 1).astype(np.intp)
+    return low, high, (position - floor).astype(np.float32)
+
+
+def orient(image: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (1-8) to an HWC array, as PIL.ImageOps.exif_transpose does."""
+    if orientation == 2:
+        return image[:, ::-1]
+    if orientation == 3:
+        return image[::-1, ::-1]
+    if orientation == 4:
+        return image[::-1]
+    if orientation == 5:
+        return image.transpose(1, 0, 2)
+    if orientation == 6:
+        return np.rot90(image, -1)
+    if orientation == 7:
+        return np.rot90(image.transpose(1, 0, 2), 2)
+    if orientation == 8:
+        return np.rot90(image, 1)
+    return image
+
+
+def to_grayscale(rgb: np.ndarray) -> np.ndarray:
+    """RGB uint8 HWC -> HW1 as TensorFlow's PNG decoder (libpng) computes it."""
+    r, g, b = (rgb[..., i].astype(np.uint32) for i in range(3))
+    gray = (r * _GRAY_WEIGHTS[0] + g * _GRAY_WEIGHTS[1] + b * _GRAY_WEIGHTS[2]) >> 15
+    return gray.astype(np.uint8)[..., None]
+
+
+def decode(data: bytes, channels: int, *, max_pixels: int, reduce_to: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode, orient and convert one file to a uint8 HWC array with `channels` channels.
+
+    `reduce_to` (height, width): the model's input size, which allows DCT-domain downscaling of
+    large JPEGs. Raises Rejection for anything that is not a decodable image within the limits.
+    """
+    if not data:
+        raise Rejection(Reason.EMPTY_FILE, "the file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns about odd but decodable headers
+            image = Image.open(io.BytesIO(data))
+    except Image.UnidentifiedImageError:
+        raise Rejection(Reason.NOT_AN_IMAGE, "not an image file (expected JPEG, PNG, WebP, BMP or GIF)") from None
+    except Exception as err:  # a header Pillow recognises but cannot parse
+        raise Rejection(Reason.CORRUPT_IMAGE, f"corrupt {_format_hint(data)}image: {err}") from None
+    with image:
+        if image.format not in FORMATS:
+            raise Rejection(Reason.UNSUPPORTED_FORMAT, f"{image.format} images are not supported (expected JPEG, PNG, WebP, BMP or GIF)")
+        width, height = image.size
+        if width * height > max_pixels:
+            raise Rejection(
+                Reason.TOO_MANY_PIXELS,
+                f"{width}x{height} image has {width * height} pixels, more than the limit of {max_pixels}",
+            )
+        try:
+            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+            if image.format == "JPEG" and image.mode in ("RGB", "L"):
+                pixels = _decode_jpeg(data, channels, orientation, reduce_to)
+            else:
+                pixels = _decode_pillow(image, channels)
+        except Rejection:
+            raise
+        except Exception as err:  # truncated data, bad checksums, broken streams
+            raise Rejection(Reason.CORRUPT_IMAGE, f"corrupt or truncated {image.format} image: {err}") from None
+    return np.ascontiguousarray(orient(pixels, orientation if orientation in range(1, 9) else 1))
+
+
+def _format_hint(data: bytes) -> str:
+    return "JPEG " if data[:2] == b"\xff\xd8" else ""
+
+
+def _decode_jpeg(data: bytes, channels: int, orientation: int, reduce_to: tuple[int, int] | None) -> np.ndarray:
+    min_height = min_width = 0
+    min_factor = 1.0
+    if reduce_to is not None:
+        target_h, target_w = reduce_to
+        if orientation in (5, 6, 7, 8):  # the file's rows become the image's columns
+            target_h, target_w = target_w, target_h
+        # simplejpeg picks the strongest reduction, by a factor of 2 or more, that keeps at least
+        # this size; when there is none it decodes at full size.
+        min_height, min_width = target_h * _JPEG_REDUCE_MARGIN, target_w * _JPEG_REDUCE_MARGIN
+        min_factor = 2.0
+    pixels = simplejpeg.decode_jpeg(
+        data, colorspace="RGB" if channels == 3 else "GRAY", fastdct=True, fastupsample=False,
+        min_height=min_height, min_width=min_width, min_factor=min_factor, strict=True,
+    )
+    return pixels if pixels.ndim == 3 else pixels[..., None]
+
+
+def _decode_pillow(image: Image.Image, channels: int) -> np.ndarray:
+    image.seek(0)  # the first frame of an animation, as tf.io.decode_image(expand_animations=False)
+    image.load()
+    mode = image.mode
+    if mode.startswith("I;16") or mode == "I":
+        # 16-bit grayscale: keep the high byte, as libpng's strip_16 (TensorFlow) does.
+        gray = (np.asarray(image).astype(np.uint32) >> 8).astype(np.uint8)[..., None]
+        return np.repeat(gray, 3, axis=2) if channels == 3 else gray
+    if channels == 1 and mode in ("L", "LA", "La"):
+        return np.asarray(image.getchannel(0))[..., None]
+    if channels == 1 and mode == "1":
+        return np.asarray(image.convert("L"))[..., None]
+    rgb = np.asarray(image.convert("RGB"))
+    return rgb if channels == 3 else to_grayscale(rgb)
+
+
+def preprocess(data: bytes, spec: InputSpec, *, max_pixels: int, jpeg_reduce: bool) -> np.ndarray:
+    """One file -> float32 (height, width, channels), values 0-255: the model's input for one image."""
+    pixels = decode(data, spec.channels, max_pixels=max_pixels, reduce_to=(spec.height, spec.width) if jpeg_reduce else None)
+    return resize_bilinear(pixels, spec.height, spec.width)

@@ -1,0 +1,46 @@
+"""The service's own Prometheus metrics, beside BentoML's (bentoml_service_*), on the same /metrics.
+
+BentoML runs every worker with PROMETHEUS_MULTIPROC_DIR set before it imports this module, so
+prometheus_client writes each process's values to files there and /metrics adds them up: the
+numbers are right with any number of workers. Label values come only from small fixed sets:
+model names from SERVICE_MODELS, labels from the models' manifests, reasons from errors.Reason.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+NAMESPACE = "imgcls"
+# Seconds, from 1 ms (a small batch on a GPU) to 10 s (a large batch of a large model on a busy CPU).
+_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_IMAGES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+INFERENCE_SECONDS = Histogram(
+    "inference_duration_seconds", "ONNX Runtime time of one batched inference call",
+    ["model"], namespace=NAMESPACE, buckets=_SECONDS,
+)
+BATCH_IMAGES = Histogram(
+    "batch_size_images", "Images in one batched inference call",
+    ["model"], namespace=NAMESPACE, buckets=_IMAGES,
+)
+PREPROCESS_SECONDS = Histogram(
+    "preprocess_duration_seconds", "Decoding, orienting and resizing one image",
+    ["model"], namespace=NAMESPACE, buckets=_SECONDS,
+)
+IMAGES = Counter(
+    "images_processed_total", "Images answered, by model and endpoint",
+    ["model", "endpoint"], namespace=NAMESPACE,
+)
+PREDICTIONS = Counter(
+    "predictions_total", "Top-1 predictions, by model and label",
+    ["model", "label"], namespace=NAMESPACE,
+)
+REJECTED = Counter(
+    "rejected_requests_total", "Requests refused, by reason (errors.Reason)",
+    ["reason"], namespace=NAMESPACE,
+)
+# 1 for each served model; the labels say which version and which execution provider.
+MODEL_INFO = Gauge(
+    "model_info", "Served model version and the ONNX Runtime execution provider it runs on",
+    ["model", "version", "provider"], namespace=NAMESPACE, multiprocess_mode="livemax",
+)

@@ -1,0 +1,139 @@
+"""HTTP in: what an image request must look like, checked before any image is decoded.
+
+Two layers, both answering in the shape of errors.py:
+- RequestGuard, an ASGI middleware, refuses a wrong content type (415) or a body over
+  SERVICE_MAX_BODY_BYTES (413) before BentoML reads the body.
+- The input specs (ClassifyInput, FeaturesInput) parse the multipart form themselves first, to
+  refuse unknown fields, a missing `images` field, too many images and text where a file belongs
+  (which BentoML would otherwise take for a URL to download), then let BentoML validate the rest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import bentoml
+from pydantic import ConfigDict, Field, ValidationError
+from starlette.datastructures import Headers, UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import metrics
+from .errors import Reason, Rejection
+
+MULTIPART = "multipart/form-data"
+# Form fields besides the files: a few options, never many.
+_MAX_FORM_FIELDS = 16
+
+
+def _form_limits_error(message: str, max_images: int) -> Rejection:
+    if message.startswith("Too many files"):  # starlette's words when max_files is exceeded
+        return Rejection(Reason.TOO_MANY_IMAGES, f"more than {max_images} images in one request", ("images",))
+    return Rejection(Reason.MALFORMED_BODY, f"the multipart body cannot be parsed: {message}")
+
+
+class ImagesInput(bentoml.IODescriptor):
+    """The fields every image endpoint takes. Subclasses add their options."""
+
+    model_config = ConfigDict(extra="forbid")
+    # Set by service.py from the settings, before the first request.
+    max_images: ClassVar[int] = 16
+
+    images: list[Path] = Field(description="One or more image files (JPEG, PNG, WebP, BMP; the first frame of a GIF), "
+                                           "each a multipart part named `images`.")
+    model: str = Field(default="", description="Model to use (GET /models lists them); empty: the default model.")
+
+    @classmethod
+    async def from_http_request(cls, request: Request, serde) -> "ImagesInput":
+        title = f"POST {request.url.path}"
+        try:
+            form = await request.form(max_files=cls.max_images, max_fields=_MAX_FORM_FIELDS)
+        except (HTTPException, MultiPartException) as err:
+            raise _form_limits_error(str(getattr(err, "detail", err)), cls.max_images).validation_error(title) from None
+        problem = cls._form_problem(form)
+        if problem is not None:
+            raise problem.validation_error(title)
+        try:
+            # BentoML reads the form cached on this request and validates the values' types.
+            return await super().from_http_request(request, serde)
+        except ValidationError:
+            metrics.REJECTED.labels(reason=Reason.INVALID_FIELD.value).inc()
+            raise
+
+    @classmethod
+    def _form_problem(cls, form) -> Rejection | None:
+        fields = list(cls.model_fields)
+        unknown = sorted(set(form.keys()) - set(fields))
+        if unknown:
+            return Rejection(Reason.UNKNOWN_FIELD, f"unknown field {unknown[0]!r}; the fields are {', '.join(fields)}", (unknown[0],))
+        images = form.getlist("images")
+        if not images:
+            return Rejection(Reason.MISSING_FIELD, "no images: send one or more files in the multipart field 'images'", ("images",))
+        for index, value in enumerate(images):
+            if not isinstance(value, UploadFile):
+                return Rejection(Reason.INVALID_FIELD, "must be a file (a multipart part with a filename), not a text value",
+                                 ("images", index))
+        return None
+
+
+class ClassifyInput(ImagesInput):
+    top_k: int = Field(default=1, description="How many of the most probable labels to list per image (1 to the number of classes).")
+
+
+class FeaturesInput(ImagesInput):
+    normalize: bool = Field(default=False, description="Scale each embedding to unit L2 norm.")
+
+
+class RequestGuard:
+    """ASGI middleware: content type and body size of POSTs to the image routes, checked up front."""
+
+    def __init__(self, app: ASGIApp, *, routes: tuple[str, ...], max_body_bytes: int) -> None:
+        self.app = app
+        self.routes = routes
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.routes:
+            return await self.app(scope, receive, send)
+        headers = Headers(scope=scope)
+        content_type = headers.get("content-type", "")
+        if content_type.split(";")[0].strip().lower() != MULTIPART:
+            rejection = Rejection(Reason.WRONG_CONTENT_TYPE,
+                                  f"expected {MULTIPART} with image files in the field 'images', got {content_type or 'no content type'}")
+            return await rejection.response()(scope, receive, send)
+        length = headers.get("content-length")
+        if length is not None:
+            if length.isdigit() and int(length) > self.max_body_bytes:
+                return await self._too_large(int(length))(scope, receive, send)
+            return await self.app(scope, receive, send)
+        # A chunked body of unknown length: read it (up to the limit) before BentoML does.
+        messages, size = await self._read_body(receive)
+        if size > self.max_body_bytes:
+            return await self._too_large(size)(scope, receive, send)
+        return await self.app(scope, self._replay(messages, receive), send)
+
+    def _too_large(self, size: int):
+        return Rejection(Reason.BODY_TOO_LARGE,
+                         f"the request body has {size} bytes, more than the limit of {self.max_body_bytes}").response()
+
+    async def _read_body(self, receive: Receive) -> tuple[list[Message], int]:
+        messages: list[Message] = []
+        size = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            size += len(message.get("body", b""))
+            if message["type"] != "http.request" or not message.get("more_body") or size > self.max_body_bytes:
+                return messages, size
+
+    @staticmethod
+    def _replay(messages: list[Message], receive: Receive) -> Receive:
+        pending = list(messages)
+
+        async def replayed() -> Message:
+            return pending.pop(0) if pending else await receive()
+
+        return replayed

@@ -1,0 +1,279 @@
+"""The BentoML services: `bentoml serve service.service:ImageClassifier`.
+
+A request, end to end:
+  POST /classify (ImageClassifier, the public service; its workers decode in threads)
+    requests.RequestGuard       content type, body size
+    requests.ClassifyInput      form fields, file count
+    preprocess                  imaging.preprocess per image -> float32 [n, H, W, C]
+    inference                   Inference.<model API>: BentoML's adaptive batching gathers the
+                                arrays of concurrent requests for that model into one batch,
+                                engine.Model.run runs ONNX Runtime on it
+    postprocess                 probabilities -> labels, top-k; features -> embeddings
+  -> JSON, one entry per image
+
+Why two services: BentoML batches only calls that reach a batchable API over HTTP, so the
+ONNX Runtime sessions live in their own service (one process) with one batchable API per model:
+each has its own batching queue, so one model's batch never waits behind another's (the service
+has a thread per model). Decoding stays in the public service, outside the batched call.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from pathlib import Path
+
+import anyio
+import bentoml
+import numpy as np
+from bentoml.exceptions import ServiceUnavailable
+from fastapi import FastAPI
+from pydantic import BaseModel, ValidationError
+from starlette.responses import JSONResponse
+
+from . import engine, imaging, metrics, registry, settings
+from .errors import Reason, Rejection
+from .registry import ModelError, ModelPackage
+from .requests import ClassifyInput, FeaturesInput, ImagesInput, RequestGuard
+from .settings import SettingsError
+
+log = logging.getLogger("bentoml.image_classifier")
+
+
+def _configure() -> tuple[settings.Settings, dict[str, ModelPackage]]:
+    """Settings and checked model packages, or exit with one line saying what is wrong.
+
+    This runs wherever the module is imported, first in `bentoml serve`'s own process: a bad
+    setting or model stops the server before any worker starts."""
+    try:
+        config = settings.load()
+        packages = registry.open_packages(config.models)
+        for package in packages.values():
+            engine.check(package)
+        if config.require_gpu and (problem := engine.cuda_problem()) is not None:
+            raise ModelError(f"REQUIRE_GPU=1 but {problem}")
+        return config, packages
+    except (SettingsError, ModelError) as err:
+        raise SystemExit(f"error: cannot start: {err}") from None
+
+
+SETTINGS, PACKAGES = _configure()
+ImagesInput.max_images = SETTINGS.max_images_per_request
+
+
+class _ClientMistakes(logging.Filter):
+    """BentoML logs a traceback at ERROR level for each request whose fields fail validation.
+    Those are the client's mistakes, answered 400, shown in the access log and counted in
+    imgcls_rejected_requests_total; the error log is for the server's own failures."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], ValidationError))
+
+
+logging.getLogger("bentoml._internal.server.http_app").addFilter(_ClientMistakes())
+
+
+def api_name(model: str) -> str:
+    """The inference service's API for a model: a Python name (model names may hold '-' and '.')."""
+    return "infer_" + re.sub(r"[^a-z0-9_]", "_", model)
+
+
+# --- the inference service: ONNX Runtime sessions and one batchable API per model -----------------
+
+
+class _Inference:
+    """ONNX Runtime sessions for every configured model, loaded and warmed before the service is ready."""
+
+    def __init__(self) -> None:
+        try:
+            self.engine = engine.Engine(PACKAGES, threads=SETTINGS.inference_threads, require_gpu=SETTINGS.require_gpu)
+        except ModelError as err:  # CUDA failing only now, in this process: it stays down, never ready
+            log.error("cannot start: %s", err)
+            raise SystemExit(1) from None
+
+    def __is_ready__(self) -> bool:
+        return self.engine.ready
+
+    @bentoml.api
+    def providers(self) -> dict[str, str]:
+        """The execution provider each model runs on."""
+        return self.engine.providers()
+
+
+def _batch_api(model: str):
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        probabilities, features = self.engine.models[model].run(images)
+        # One array per image holding both outputs: BentoML splits the batch's result by rows.
+        result = np.empty(len(images), dtype=[("probabilities", np.float32, probabilities.shape[1:]),
+                                              ("features", np.float32, features.shape[1:])])
+        result["probabilities"], result["features"] = probabilities, features
+        return result
+
+    infer.__name__ = api_name(model)
+    infer.__doc__ = f"Model {model}: probabilities and features for a batch of images [N, H, W, C], float32 0-255."
+    return bentoml.api(batchable=True, batch_dim=0, max_batch_size=SETTINGS.max_batch_size,
+                       max_latency_ms=SETTINGS.max_latency_ms)(infer)
+
+
+for _name in PACKAGES:
+    if hasattr(_Inference, api_name(_name)):
+        raise SystemExit(f"error: cannot start: model names {_name!r} and another map to the same API {api_name(_name)}")
+    setattr(_Inference, api_name(_name), _batch_api(_name))
+    # Class-level model references (the versions found above): `bentoml build` packs them into the bento.
+    setattr(_Inference, f"{api_name(_name)}_package", bentoml.models.BentoModel(f"{_name}:{PACKAGES[_name].version}"))
+
+Inference = bentoml.service(
+    name="inference",
+    workers=1,
+    threads=len(PACKAGES),  # a thread per model: batches of different models run side by side
+    traffic={"timeout": SETTINGS.timeout_s},
+    # The public service's client to this one would otherwise replace its connection session every
+    # 100 calls, closing it under calls still in flight (BentoML 1.4.30+, proxy2.SessionManager):
+    # those fail with "Server disconnected". A local socket needs no rotation.
+    runner_connection={"max_requests": 2**62, "max_age": 10.0**12},
+)(_Inference)
+
+
+# --- the public service ----------------------------------------------------------------------------
+
+
+class LabelProbability(BaseModel):
+    label: str
+    probability: float
+
+
+class Classification(BaseModel):
+    label: str
+    probability: float
+    top_k: list[LabelProbability]
+    model: str
+    version: str
+
+
+class Embedding(BaseModel):
+    embedding: list[float]
+    dim: int
+    model: str
+    version: str
+
+
+class ModelSummary(BaseModel):
+    name: str
+    version: str
+    default: bool
+    recipe: str | None
+    classes: list[str]
+    input: dict[str, int | str]
+    test_accuracy: float | None
+    evaluated_on: str | None
+    created_at: str | None
+    provider: str
+
+
+class ModelList(BaseModel):
+    default_model: str
+    models: list[ModelSummary]
+
+
+# GET routes beside BentoML's POST APIs; BentoML merges their OpenAPI paths into its own.
+http = FastAPI(title="models", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+@bentoml.service(name="image_classifier", workers=SETTINGS.workers, traffic={"timeout": SETTINGS.timeout_s})
+@bentoml.asgi_app(http, path="/")
+class ImageClassifier:
+    """Image classification and feature extraction with the exported Keras models."""
+
+    inference = bentoml.depends(Inference)
+
+    def __init__(self) -> None:
+        # Decoding and resizing run in threads (Pillow, libjpeg and numpy release the GIL), one per core.
+        self.decode_limiter = anyio.CapacityLimiter(settings.cpu_count())
+        for reason in Reason:
+            metrics.REJECTED.labels(reason=reason.value)
+        for name, package in PACKAGES.items():
+            for endpoint in ("classify", "features"):
+                metrics.IMAGES.labels(model=name, endpoint=endpoint)
+            for label in package.classes:
+                metrics.PREDICTIONS.labels(model=name, label=label)
+
+    @bentoml.api(route="/classify", input_spec=ClassifyInput)
+    async def classify(self, images: list[Path], model: str, top_k: int) -> list[Classification]:
+        """Classify each image: the most probable label, its probability and the `top_k` most probable labels."""
+        try:
+            package = self._package(model)
+            if not 1 <= top_k <= len(package.classes):
+                raise Rejection(Reason.TOP_K_OUT_OF_RANGE,
+                                f"must be between 1 and {len(package.classes)} (the classes of model {package.name}), not {top_k}",
+                                ("top_k",))
+            outputs = await self._run(package, images, "classify")
+        except Rejection as rejection:
+            return rejection.response()
+        return [self._classification(package, row, top_k) for row in outputs["probabilities"]]
+
+    @bentoml.api(route="/features", input_spec=FeaturesInput)
+    async def features(self, images: list[Path], model: str, normalize: bool) -> list[Embedding]:
+        """The model's feature vector (global average pooling of its last convolution block) for each image."""
+        try:
+            package = self._package(model)
+            outputs = await self._run(package, images, "features")
+        except Rejection as rejection:
+            return rejection.response()
+        embeddings = outputs["features"]
+        if normalize:
+            embeddings = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+        return [Embedding(embedding=row.tolist(), dim=len(row), model=package.name, version=package.version) for row in embeddings]
+
+    @http.get("/models", response_model=ModelList, summary="The served models", tags=["Service APIs"])
+    async def models(self) -> ModelList:
+        """Every served model: version, classes, input size, recipe, test accuracy and execution provider."""
+        providers = await self.inference.to_async.providers()
+        return ModelList(default_model=SETTINGS.default_model, models=[
+            ModelSummary(**package.summary(), default=name == SETTINGS.default_model, provider=providers[name])
+            for name, package in PACKAGES.items()
+        ])
+
+    # --- stages --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _package(model: str) -> ModelPackage:
+        name = model or SETTINGS.default_model
+        if name not in PACKAGES:
+            raise Rejection(Reason.UNKNOWN_MODEL, f"unknown model {name!r}; served models: {', '.join(PACKAGES)}", ("model",))
+        return PACKAGES[name]
+
+    async def _run(self, package: ModelPackage, images: list[Path], endpoint: str) -> np.ndarray:
+        batch = await anyio.to_thread.run_sync(self._preprocess, package, images, limiter=self.decode_limiter)
+        try:
+            outputs = await getattr(self.inference.to_async, api_name(package.name))(batch)
+        except ServiceUnavailable:
+            raise Rejection(Reason.OVERLOADED, f"model {package.name} has more requests queued than it can answer "
+                                               f"within {SETTINGS.max_latency_ms} ms; retry later") from None
+        metrics.IMAGES.labels(model=package.name, endpoint=endpoint).inc(len(images))
+        return outputs
+
+    @staticmethod
+    def _preprocess(package: ModelPackage, images: list[Path]) -> np.ndarray:
+        """Decode, orient, convert and resize each file: [n, H, W, C] float32 0-255."""
+        tensors = []
+        for index, path in enumerate(images):
+            start = time.perf_counter()
+            try:
+                tensors.append(imaging.preprocess(path.read_bytes(), package.input, max_pixels=SETTINGS.max_image_pixels,
+                                                  jpeg_reduce=SETTINGS.jpeg_reduce))
+            except Rejection as rejection:
+                raise rejection.at("images", index) from None
+            metrics.PREPROCESS_SECONDS.labels(model=package.name).observe(time.perf_counter() - start)
+        return np.stack(tensors)
+
+    @staticmethod
+    def _classification(package: ModelPackage, probabilities: np.ndarray, top_k: int) -> Classification:
+        order = np.argsort(-probabilities, kind="stable")[:top_k]
+        ranked = [LabelProbability(label=package.classes[i], probability=float(probabilities[i])) for i in order]
+        metrics.PREDICTIONS.labels(model=package.name, label=ranked[0].label).inc()
+        return Classification(label=ranked[0].label, probability=ranked[0].probability, top_k=ranked,
+                              model=package.name, version=package.version)
+
+
+ImageClassifier.add_asgi_middleware(RequestGuard, routes=("/classify", "/features"), max_body_bytes=SETTINGS.max_body_bytes)

@@ -1,0 +1,168 @@
+"""Every setting of the service, in one place: environment variables read once at import.
+
+`python -m service.settings` prints them with their current values. BentoML's own settings
+(BENTOML_HOME for the model store, BENTOML_PORT, ...) keep their BentoML names.
+
+A bad value stops the service at start-up with one line naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+RECIPE_MODELS = ("scratch", "augmented", "transfer", "finetuned")
+# BentoML tag names: lowercase letters, digits, '-', '_' and '.', starting alphanumeric;
+# an optional ':version' pins one version instead of the latest.
+_MODEL_REF = re.compile(r"^([a-z0-9][a-z0-9._-]*)(?::([A-Za-z0-9._-]+))?$")
+
+
+class SettingsError(ValueError):
+    """A setting with a value the service cannot use; the message is one line."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """One entry of SERVICE_MODELS: a model name in the store, optionally pinned to a version."""
+
+    name: str
+    version: str | None = None
+
+    @property
+    def tag(self) -> str:
+        return f"{self.name}:{self.version or 'latest'}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    models: tuple[ModelRef, ...]
+    default_model: str
+    max_batch_size: int
+    max_latency_ms: int
+    max_images_per_request: int
+    max_image_pixels: int
+    max_body_bytes: int
+    workers: int
+    inference_threads: int
+    require_gpu: bool
+    jpeg_reduce: bool
+    timeout_s: int
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        return tuple(ref.name for ref in self.models)
+
+
+def cpu_count() -> int:
+    """Cores this process may use (the affinity mask, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+# name -> (default, meaning). The README's table of settings is this one.
+VARIABLES: dict[str, tuple[str, str]] = {
+    "SERVICE_MODELS": (",".join(RECIPE_MODELS), "models to serve, comma-separated names in the BentoML store (name or name:version)"),
+    "SERVICE_DEFAULT_MODEL": ("finetuned", "model used when a request names none (the first of SERVICE_MODELS if this one is not served)"),
+    "SERVICE_MAX_BATCH_SIZE": ("32", "most images in one batched inference call (adaptive batching, per model)"),
+    "SERVICE_MAX_LATENCY_MS": ("2000", "longest a request may wait in the batching queue before it is answered 503"),
+    "SERVICE_MAX_IMAGES_PER_REQUEST": ("16", "most images in one request"),
+    "SERVICE_MAX_IMAGE_PIXELS": ("40000000", "largest image accepted, in pixels (width x height), checked before decoding"),
+    "SERVICE_MAX_BODY_BYTES": (str(32 << 20), "largest request body accepted, in bytes"),
+    "SERVICE_WORKERS": ("1", "worker processes of the public service (decoding, resizing, HTTP)"),
+    "SERVICE_INFERENCE_THREADS": ("", "ONNX Runtime intra-op threads per model (default: the cores this process may use)"),
+    "SERVICE_JPEG_REDUCE": ("1", "decode JPEGs at least 4x the model input at 1/2, 1/4 or 1/8 scale (0: always full size)"),
+    "SERVICE_TIMEOUT_S": ("60", "longest a request may take, end to end"),
+    "REQUIRE_GPU": ("0", "1: refuse to start unless every model runs on CUDAExecutionProvider"),
+}
+
+
+def _integer(minimum: int) -> Callable[[str, str], int]:
+    def parse(name: str, text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise SettingsError(f"{name} must be an integer >= {minimum}, not {text!r}")
+        return value
+
+    return parse
+
+
+def _flag(name: str, text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise SettingsError(f"{name} must be 1 or 0, not {text!r}")
+
+
+def _models(name: str, text: str) -> tuple[ModelRef, ...]:
+    refs: list[ModelRef] = []
+    for entry in (part.strip() for part in text.split(",")):
+        match = _MODEL_REF.match(entry)
+        if not match:
+            raise SettingsError(
+                f"{name}: {entry!r} is not a model name (lowercase letters, digits, '-', '_', '.'; optionally :version)"
+            )
+        refs.append(ModelRef(match.group(1), match.group(2)))
+    names = [ref.name for ref in refs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise SettingsError(f"{name} names {', '.join(duplicates)} more than once")
+    return tuple(refs)
+
+
+def load(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read every setting from `environ` (default: os.environ), or raise SettingsError."""
+    environ = os.environ if environ is None else environ
+
+    def get(name: str, parse: Callable[[str, str], object]):
+        return parse(name, environ.get(name, VARIABLES[name][0]).strip())
+
+    models = get("SERVICE_MODELS", _models)
+    names = [ref.name for ref in models]
+    default_model = environ.get("SERVICE_DEFAULT_MODEL", "").strip()
+    if default_model and default_model not in names:
+        raise SettingsError(f"SERVICE_DEFAULT_MODEL {default_model!r} is not one of SERVICE_MODELS ({', '.join(names)})")
+    if not default_model:
+        default_model = VARIABLES["SERVICE_DEFAULT_MODEL"][0] if VARIABLES["SERVICE_DEFAULT_MODEL"][0] in names else names[0]
+    threads_text = environ.get("SERVICE_INFERENCE_THREADS", "").strip()
+    return Settings(
+        models=models,
+        default_model=default_model,
+        # BentoML requires a batchable API's max_batch_size to be at least 2.
+        max_batch_size=get("SERVICE_MAX_BATCH_SIZE", _integer(2)),
+        max_latency_ms=get("SERVICE_MAX_LATENCY_MS", _integer(1)),
+        max_images_per_request=get("SERVICE_MAX_IMAGES_PER_REQUEST", _integer(1)),
+        max_image_pixels=get("SERVICE_MAX_IMAGE_PIXELS", _integer(1)),
+        max_body_bytes=get("SERVICE_MAX_BODY_BYTES", _integer(1024)),
+        workers=get("SERVICE_WORKERS", _integer(1)),
+        inference_threads=_integer(1)("SERVICE_INFERENCE_THREADS", threads_text) if threads_text else cpu_count(),
+        require_gpu=get("REQUIRE_GPU", _flag),
+        jpeg_reduce=get("SERVICE_JPEG_REDUCE", _flag),
+        timeout_s=get("SERVICE_TIMEOUT_S", _integer(1)),
+    )
+
+
+def describe(environ: Mapping[str, str] | None = None) -> str:
+    """The variables, what they mean, and the value each has in `environ`."""
+    environ = os.environ if environ is None else environ
+    lines = []
+    for name, (default, meaning) in VARIABLES.items():
+        value = environ.get(name)
+        shown = f"{value!r} (set)" if value is not None else f"{default!r} (default)"
+        lines.append(f"{name:32s} {shown}\n    {meaning}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(describe())
+    try:
+        load()
+    except SettingsError as err:
+        raise SystemExit(f"error: {err}") from None

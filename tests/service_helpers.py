@@ -1,0 +1,208 @@
+"""Test helpers for the service: hand-built ONNX models that honour the package contract, a model
+store to put them in, a real `bentoml serve` in a subprocess, and image files to send it.
+
+The hand-built models (onnx.helper, no TensorFlow) let the service tests run before and besides
+the real trained models: features = the mean of each channel over the image (ReduceMean over
+H and W of the 0-255 input scaled to 0-1), probabilities = Softmax(features @ W + b).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import requests
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --- hand-built models ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    name: str
+    height: int
+    width: int
+    channels: int
+    classes: tuple[str, ...]
+
+    @property
+    def color_mode(self) -> str:
+        return "rgb" if self.channels == 3 else "grayscale"
+
+    def weights(self) -> tuple[np.ndarray, np.ndarray]:
+        """W [C, K] and b [K]: fixed, different per class, so that colours decide the label."""
+        k = len(self.classes)
+        w = np.array([[np.cos(2.5 * (c + 1) * (j + 1)) * 6 for j in range(k)] for c in range(self.channels)], np.float32)
+        b = np.linspace(-0.5, 0.5, k, dtype=np.float32)
+        return w, b
+
+    def onnx_bytes(self) -> bytes:
+        import onnx
+        from onnx import TensorProto, helper
+
+        w, b = self.weights()
+        graph = helper.make_graph(
+            [
+                helper.make_node("Mul", ["image", "scale"], ["scaled"]),
+                helper.make_node("ReduceMean", ["scaled"], ["features"], axes=[1, 2], keepdims=0),
+                helper.make_node("MatMul", ["features", "W"], ["logits_raw"]),
+                helper.make_node("Add", ["logits_raw", "b"], ["logits"]),
+                helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+            ],
+            f"tiny_{self.name}",
+            [helper.make_tensor_value_info("image", TensorProto.FLOAT, [None, self.height, self.width, self.channels])],
+            [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, len(self.classes)]),
+             helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, self.channels])],
+            initializer=[
+                helper.make_tensor("scale", TensorProto.FLOAT, [], [1 / 255]),
+                helper.make_tensor("W", TensorProto.FLOAT, list(w.shape), w.flatten().tolist()),
+                helper.make_tensor("b", TensorProto.FLOAT, list(b.shape), b.tolist()),
+            ],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        onnx.checker.check_model(model)
+        return model.SerializeToString()
+
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """What the graph computes, in numpy: (probabilities, features) for float32 [N, H, W, C] 0-255."""
+        w, b = self.weights()
+        features = (images / 255).mean(axis=(1, 2))
+        logits = features @ w + b
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True), features
+
+    def manifest(self, onnx: bytes) -> dict:
+        return {
+            "format_version": 1,
+            "name": self.name,
+            "recipe": "tiny-test",
+            "created_at": "2026-01-01T00:00:00+00:00",
+            "classes": list(self.classes),
+            "input": {"name": "image", "height": self.height, "width": self.width, "channels": self.channels,
+                      "color_mode": self.color_mode, "dtype": "float32", "layout": "NHWC", "value_range": [0, 255],
+                      "resize": "bilinear", "exif_orientation": True, "preprocessing": "inside the model: x / 255"},
+            "outputs": {"probabilities": {"shape": [None, len(self.classes)]}, "features": {"shape": [None, self.channels]}},
+            "metrics": {"test_accuracy": 0.5, "test_loss": 0.7, "evaluated_on": "test"},
+            "export": {"onnx": {"path": "model.onnx", "opset": 17, "sha256": hashlib.sha256(onnx).hexdigest(), "bytes": len(onnx)}},
+        }
+
+
+RGB_MODEL = TinyModel("tiny-rgb", 24, 32, 3, ("red", "green", "blue"))
+GRAY_MODEL = TinyModel("tiny-gray", 28, 28, 1, ("dark", "light"))
+
+
+def register(model: TinyModel, bentoml_home: Path, *, onnx: bytes | None = None, manifest: dict | None = None) -> str:
+    """Put `model` into the model store under `bentoml_home` the way training/export.py does; its tag."""
+    import bentoml
+    from bentoml._internal.models import ModelStore
+
+    onnx = model.onnx_bytes() if onnx is None else onnx
+    manifest = model.manifest(onnx) if manifest is None else manifest
+    store = ModelStore(bentoml_home / "models")
+    # BentoML metadata cannot hold None (the manifest does); the service reads manifest.json anyway.
+    metadata = {"recipe": manifest.get("recipe", ""), "classes": list(manifest.get("classes", []))}
+    with bentoml.models.create(model.name, metadata=metadata, labels={"recipe": "tiny-test"}, _model_store=store) as stored:
+        Path(stored.path, "model.onnx").write_bytes(onnx)
+        Path(stored.path, "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return str(stored.tag)
+
+
+# --- images ----------------------------------------------------------------------------------------
+
+
+def photo_like(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A smooth, noisy RGB uint8 image: content a JPEG encoder and a resize both have work with."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    channels = [127 + 110 * np.sin(x / (5.0 + 3 * k) + k) * np.cos(y / (4.0 + 2 * k) + 2 * k) for k in range(3)]
+    return np.clip(np.stack(channels, -1) + rng.normal(0, 12, (height, width, 3)), 0, 255).astype(np.uint8)
+
+
+def encode(pixels: np.ndarray | Image.Image, fmt: str, **options) -> bytes:
+    image = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+# --- a real server -----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`bentoml serve` in a subprocess; its output goes to a log file the tests can read."""
+
+    def __init__(self, target: str, env: dict[str, str], log_path: Path, cwd: Path = REPO) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = log_path.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited with {self.process.returncode}:\n{self.log()[-5000:]}")
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"bentoml serve not ready after {timeout} s:\n{self.log()[-5000:]}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._log.close()
+
+
+def serve_env(bentoml_home: Path, **settings: str) -> dict[str, str]:
+    """The environment of a test server: this interpreter's, quiet, offline, the given store and settings."""
+    env = {k: v for k, v in os.environ.items() if not re.match(r"^(SERVICE_|REQUIRE_GPU$|BENTOML_)", k)}
+    env.update(BENTOML_HOME=str(bentoml_home), BENTOML_DO_NOT_TRACK="True", PYTHONPATH=str(REPO), **settings)
+    return env
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of `name` whose labels include `labels`, in Prometheus text format."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        sample_labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0] if "{" not in line else line[: line.rindex("}")]))
+        if all(sample_labels.get(k) == v for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
