@@ -74,7 +74,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "SERVICE_MAX_BODY_BYTES": (str(32 << 20), "largest request body accepted, in bytes"),
     "SERVICE_WORKERS": ("1", "worker processes of the public service (decoding, resizing, HTTP)"),
     "SERVICE_INFERENCE_THREADS": ("", "ONNX Runtime intra-op threads per model (default: the cores this process may use)"),
-    "SERVICE_JPEG_REDUCE": ("1", "decode JPEGs at least 4x the model input at 1/2, 1/4 or 1/8 scale (0: always full size)"),
+    "SERVICE_JPEG_REDUCE": ("0", "1: decode JPEGs at least 4x the model input at reduced scale: faster, but not as training did"),
     "SERVICE_TIMEOUT_S": ("60", "longest a request may take, end to end"),
     "REQUIRE_GPU": ("0", "1: refuse to start unless every model runs on CUDAExecutionProvider"),
 }

@@ -1,0 +1,273 @@
+"""The service over real HTTP: `bentoml serve` in a subprocess, started once for this module.
+
+The server serves two hand-built ONNX models (tests/service_helpers.py: one RGB, one grayscale)
+from a temporary BentoML home, with two public workers so that the metrics are checked in
+Prometheus' multiprocess mode, and small limits so that the bad-input tests send small bodies.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+import urllib3
+
+from service import imaging
+from service_helpers import GRAY_MODEL, RGB_MODEL, Server, encode, metric_value, photo_like, register, serve_env
+
+LIMITS = {
+    "SERVICE_MAX_IMAGES_PER_REQUEST": "4",
+    "SERVICE_MAX_IMAGE_PIXELS": "1000000",
+    "SERVICE_MAX_BODY_BYTES": str(1 << 20),
+    "SERVICE_MAX_BATCH_SIZE": "8",
+}
+JPEG = encode(photo_like(60, 80), "JPEG", quality=90)
+PNG = encode(photo_like(50, 40, seed=1), "PNG")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    home = tmp_path_factory.mktemp("bentoml-home")
+    register(RGB_MODEL, home)
+    register(GRAY_MODEL, home)
+    env = serve_env(home, SERVICE_MODELS=f"{RGB_MODEL.name},{GRAY_MODEL.name}", SERVICE_DEFAULT_MODEL=RGB_MODEL.name,
+                    SERVICE_WORKERS="2", **LIMITS)
+    running = Server("service.service:ImageClassifier", env, tmp_path_factory.mktemp("logs") / "server.log")
+    try:
+        running.wait_ready()
+        yield running
+    finally:
+        running.stop()
+
+
+def post(server, route: str, images=(("a.jpg", JPEG),), **fields) -> requests.Response:
+    files = [("images", (name, data, "application/octet-stream")) for name, data in images]
+    return requests.post(server.url + route, files=files, data={k: str(v) for k, v in fields.items()}, timeout=60)
+
+
+def expected_output(model, files) -> tuple[np.ndarray, np.ndarray]:
+    """What the model must answer: training's preprocessing (test_service_imaging.py proves
+    imaging.preprocess is it) and the hand-built graph's arithmetic in numpy."""
+    batch = np.stack([imaging.preprocess(data, imaging.InputSpec(model.height, model.width, model.channels),
+                                         max_pixels=1 << 40, jpeg_reduce=False) for data in files])
+    return model.predict(batch)
+
+
+def test_health_endpoints(server):
+    assert requests.get(server.url + "/livez", timeout=10).status_code == 200
+    assert requests.get(server.url + "/readyz", timeout=10).status_code == 200
+
+
+def test_startup_logs_one_line_per_model_with_its_provider(server):
+    lines = [line for line in server.log().splitlines() if "on CPUExecutionProvider" in line or "on CUDAExecutionProvider" in line]
+    assert len(lines) == 2, lines
+    assert any(f"model {RGB_MODEL.name}:" in line for line in lines) and any(f"model {GRAY_MODEL.name}:" in line for line in lines)
+    assert "[E:onnxruntime" not in server.log()  # no alarming ONNX Runtime errors on a machine without GPU
+
+
+def test_models_lists_every_model_with_its_manifest_and_provider(server):
+    listing = requests.get(server.url + "/models", timeout=10).json()
+    assert listing["default_model"] == RGB_MODEL.name
+    by_name = {m["name"]: m for m in listing["models"]}
+    assert set(by_name) == {RGB_MODEL.name, GRAY_MODEL.name}
+    rgb = by_name[RGB_MODEL.name]
+    assert rgb["classes"] == list(RGB_MODEL.classes)
+    assert rgb["input"] == {"height": 24, "width": 32, "channels": 3, "color_mode": "rgb"}
+    assert rgb["recipe"] == "tiny-test" and rgb["test_accuracy"] == 0.5 and rgb["default"] is True
+    assert rgb["provider"] in ("CPUExecutionProvider", "CUDAExecutionProvider")
+    assert re.fullmatch(r"[a-z0-9]+", rgb["version"])
+    assert by_name[GRAY_MODEL.name]["input"]["color_mode"] == "grayscale"
+
+
+def test_classify_answers_what_the_model_computes(server):
+    files = [("a.jpg", JPEG), ("b.png", PNG)]
+    response = post(server, "/classify", files, top_k=3)
+    assert response.status_code == 200, response.text
+    answers = response.json()
+    probabilities, _ = expected_output(RGB_MODEL, [data for _, data in files])
+    assert len(answers) == 2
+    for answer, expected in zip(answers, probabilities):
+        assert answer["model"] == RGB_MODEL.name  # the default model
+        assert answer["label"] == RGB_MODEL.classes[int(np.argmax(expected))]
+        assert answer["probability"] == pytest.approx(float(expected.max()), abs=1e-5)
+        ranked = [item["probability"] for item in answer["top_k"]]
+        assert ranked == sorted(ranked, reverse=True) and len(ranked) == 3
+        for item in answer["top_k"]:
+            assert item["probability"] == pytest.approx(float(expected[RGB_MODEL.classes.index(item["label"])]), abs=1e-5)
+    versions = {m["name"]: m["version"] for m in requests.get(server.url + "/models", timeout=10).json()["models"]}
+    assert answers[0]["version"] == versions[RGB_MODEL.name]
+
+
+def test_classify_with_the_grayscale_model(server):
+    response = post(server, "/classify", [("b.png", PNG)], model=GRAY_MODEL.name)
+    assert response.status_code == 200, response.text
+    (answer,) = response.json()
+    probabilities, _ = expected_output(GRAY_MODEL, [PNG])
+    assert answer["model"] == GRAY_MODEL.name and len(answer["top_k"]) == 1
+    assert answer["probability"] == pytest.approx(float(probabilities[0].max()), abs=1e-5)
+
+
+def test_features_are_the_models_embeddings(server):
+    response = post(server, "/features", [("a.jpg", JPEG), ("b.png", PNG)])
+    assert response.status_code == 200, response.text
+    _, features = expected_output(RGB_MODEL, [JPEG, PNG])
+    for answer, expected in zip(response.json(), features):
+        assert answer["dim"] == len(expected) == len(answer["embedding"])
+        np.testing.assert_allclose(answer["embedding"], expected, atol=1e-5)
+    normalized = post(server, "/features", [("a.jpg", JPEG)], normalize="true").json()[0]["embedding"]
+    assert np.linalg.norm(normalized) == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_allclose(normalized, features[0] / np.linalg.norm(features[0]), atol=1e-5)
+
+
+def test_openapi_documents_every_endpoint_and_field(server):
+    spec = requests.get(server.url + "/docs.json", timeout=10).json()
+    paths = spec["paths"]
+    for path, method in [("/classify", "post"), ("/features", "post"), ("/models", "get"), ("/readyz", "get"),
+                         ("/livez", "get"), ("/metrics", "get")]:
+        assert method in paths.get(path, {}), path
+    classify = paths["/classify"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert set(classify["properties"]) == {"images", "model", "top_k"}
+    features = paths["/features"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert set(features["properties"]) == {"images", "model", "normalize"}
+    assert requests.get(server.url + "/", timeout=10).status_code == 200  # the OpenAPI page itself
+
+
+# --- bad input: a 4xx naming the problem, then the server still answers -----------------------------
+
+
+def huge_png() -> bytes:
+    from test_service_imaging import png_bomb
+
+    return png_bomb(2000, 1000)  # 2 000 000 pixels, over the limit of 1 000 000
+
+
+BAD_REQUESTS = {
+    # name: (request arguments, expected status, expected detail type)
+    "not-an-image": (dict(images=[("notes.txt", b"just some text")]), 400, "not_an_image"),
+    "truncated-jpeg": (dict(images=[("cut.jpg", JPEG[: len(JPEG) // 2])]), 400, "corrupt_image"),
+    "corrupt-png": (dict(images=[("bad.png", PNG[:60] + bytes(200) + PNG[260:])]), 400, "corrupt_image"),
+    "empty-file": (dict(images=[("empty.jpg", b"")]), 400, "empty_file"),
+    "unsupported-format": (dict(images=[("a.tif", encode(photo_like(10, 10), "TIFF"))]), 415, "unsupported_format"),
+    "too-many-pixels": (dict(images=[("bomb.png", None)]), 413, "too_many_pixels"),
+    "too-many-images": (dict(images=[("a.jpg", JPEG)] * 5), 400, "too_many_images"),
+    "unknown-model": (dict(model="resnet9000"), 400, "unknown_model"),
+    "top-k-zero": (dict(top_k=0), 400, "top_k_out_of_range"),
+    "top-k-over-classes": (dict(top_k=4), 400, "top_k_out_of_range"),
+    "top-k-not-a-number": (dict(top_k="three"), 400, "int_parsing"),
+    "missing-images": (dict(images=[], fields=[("model", RGB_MODEL.name)]), 400, "missing_field"),
+    "misnamed-field": (dict(images=[], files=[("image", ("a.jpg", JPEG))]), 400, "unknown_field"),
+    "text-instead-of-file": (dict(images=[], fields=[("images", "http://example.com/cat.jpg")]), 400, "invalid_field"),
+}
+
+
+def send_bad(server, route: str, images, files=(), fields=(), **options) -> requests.Response:
+    """A multipart request: `images` as files, `files` as they are, `fields` and `options` as text parts."""
+    parts = [("images", (name, huge_png() if data is None else data)) for name, data in images]
+    parts += list(files)
+    parts += [(name, (None, str(value))) for name, value in [*fields, *options.items()]]
+    return requests.post(server.url + route, files=parts, timeout=60)
+
+
+@pytest.mark.parametrize("name", list(BAD_REQUESTS))
+def test_bad_input_is_a_4xx_naming_the_problem_and_the_server_keeps_serving(server, name):
+    arguments, status, kind = BAD_REQUESTS[name]
+    arguments = dict(arguments)
+    images = arguments.pop("images", [("a.jpg", JPEG)])
+    response = send_bad(server, "/classify", images, **arguments)
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert isinstance(body["error"], str) and body["error"]
+    assert body["detail"][0]["type"] == kind, body
+    assert post(server, "/classify").status_code == 200
+
+
+def test_body_over_the_limit_is_refused_before_reading_it(server):
+    big = [("big.jpg", bytes(1 << 20))]
+    response = post(server, "/classify", big)
+    assert response.status_code == 413 and response.json()["detail"][0]["type"] == "body_too_large"
+    # The same without Content-Length: a chunked body is counted as it arrives.
+    body, content_type = urllib3.encode_multipart_formdata([("images", ("big.jpg", bytes(1 << 20)))])
+    chunked = requests.post(server.url + "/classify", data=iter([body[i:i + 65536] for i in range(0, len(body), 65536)]),
+                            headers={"Content-Type": content_type}, timeout=60)
+    assert chunked.status_code == 413 and chunked.json()["detail"][0]["type"] == "body_too_large"
+    assert post(server, "/classify").status_code == 200
+
+
+@pytest.mark.parametrize("headers,data", [
+    ({"Content-Type": "application/json"}, json.dumps({"images": ["a.jpg"]})),
+    ({"Content-Type": "text/plain"}, "hello"),
+    ({}, None),
+    ({"Content-Type": "multipart/form-data; boundary=xyz"}, "not really multipart"),
+], ids=["json", "text", "no-content-type", "malformed-multipart"])
+def test_wrong_content_type_or_malformed_body(server, headers, data):
+    response = requests.post(server.url + "/features", headers=headers, data=data, timeout=60)
+    assert response.status_code in (400, 415), response.text
+    expected = "malformed_body" if "boundary" in headers.get("Content-Type", "") else "wrong_content_type"
+    assert response.json()["detail"][0]["type"] == expected
+    assert post(server, "/features").status_code == 200
+
+
+# --- batching and metrics ------------------------------------------------------------------------
+
+
+def adaptive_batches(metrics: str, model: str) -> tuple[float, float]:
+    """(calls, images) of the model's batchable API in BentoML's adaptive_batch_size histogram."""
+    method = "infer_" + re.sub(r"[^a-z0-9_]", "_", model)
+    return (metric_value(metrics, "bentoml_service_adaptive_batch_size_count", method_name=method),
+            metric_value(metrics, "bentoml_service_adaptive_batch_size_sum", method_name=method))
+
+
+def test_concurrent_requests_for_each_model_are_batched(server):
+    """Concurrent single-image requests reach ONNX Runtime in batches larger than one, per model."""
+    def one(i: int) -> int:
+        model = (RGB_MODEL, GRAY_MODEL)[i % 2].name
+        return post(server, "/classify", [("a.jpg", JPEG)], model=model).status_code
+
+    for _ in range(6):  # BentoML's batcher first learns the model's latency: a few rounds at most
+        with ThreadPoolExecutor(32) as pool:
+            assert set(pool.map(one, range(128))) == {200}
+        metrics = requests.get(server.url + "/metrics", timeout=10).text
+        batched = {m.name: adaptive_batches(metrics, m.name) for m in (RGB_MODEL, GRAY_MODEL)}
+        if all(images > calls for calls, images in batched.values()):
+            break
+    for model, (calls, images) in batched.items():
+        assert images > calls, f"{model}: {images} images in {calls} calls, never batched"
+        # The service's own histogram agrees with BentoML's.
+        assert metric_value(metrics, "imgcls_batch_size_images_sum", model=model) >= images
+
+
+def test_metrics_count_right_across_workers(server):
+    """Two workers count into one /metrics: every image counted once, by model and by label."""
+    before = requests.get(server.url + "/metrics", timeout=10).text
+    sent = 0
+    for _ in range(5):
+        with ThreadPoolExecutor(16) as pool:
+            codes = list(pool.map(lambda i: post(server, "/classify", [("a.jpg", JPEG), ("b.png", PNG)]).status_code, range(32)))
+        assert set(codes) == {200}
+        sent += 2 * len(codes)
+        workers = set(re.findall(r"\[entry_service:image_classifier:(\d+)\][^\n]*path=/classify", server.log()))
+        if len(workers) > 1:
+            break
+    assert len(workers) > 1, "one worker answered everything: the multiprocess mode was not exercised"
+    assert send_bad(server, "/classify", [("notes.txt", b"text")]).status_code == 400
+    after = requests.get(server.url + "/metrics", timeout=10).text
+
+    def delta(name: str, **labels: str) -> float:
+        return metric_value(after, name, **labels) - metric_value(before, name, **labels)
+
+    model = RGB_MODEL.name
+    assert delta("imgcls_images_processed_total", model=model, endpoint="classify") == sent
+    assert delta("imgcls_predictions_total", model=model) == sent
+    assert delta("imgcls_preprocess_duration_seconds_count", model=model) == sent
+    assert delta("imgcls_batch_size_images_sum", model=model) == sent
+    assert delta("imgcls_inference_duration_seconds_count", model=model) == delta("imgcls_batch_size_images_count", model=model) > 0
+    assert delta("imgcls_rejected_requests_total", reason="not_an_image") == 1
+    for m in (RGB_MODEL, GRAY_MODEL):
+        assert re.search(rf'imgcls_model_info\{{[^}}]*model="{m.name}"[^}}]*provider="\w+ExecutionProvider"', after)
+    for line in after.splitlines():  # label values come from fixed sets only
+        if line.startswith("imgcls_predictions_total{"):
+            assert re.search(r'label="(red|green|blue|dark|light)"', line), line
