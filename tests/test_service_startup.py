@@ -1,0 +1,192 @@
+"""Start-up: settings from the environment, model packages from the store, ONNX Runtime sessions.
+
+Every way a configured model can be unusable stops the service with one line naming the model;
+`bentoml serve` itself is run for two of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service import engine, registry, settings
+from service.registry import ModelError
+from service.settings import ModelRef, SettingsError
+from service_helpers import REPO, RGB_MODEL, register, serve_env
+
+# --- settings -----------------------------------------------------------------------------------------
+
+
+def test_defaults_serve_the_four_recipe_models_with_finetuned_as_default():
+    config = settings.load({})
+    assert config.model_names == ("scratch", "augmented", "transfer", "finetuned")
+    assert config.default_model == "finetuned"
+    assert config.inference_threads == settings.cpu_count() and not config.require_gpu and not config.jpeg_reduce
+    assert config.max_batch_size >= 2 and config.max_images_per_request >= 1
+
+
+def test_settings_are_read_from_the_environment():
+    config = settings.load({"SERVICE_MODELS": "mnist, cats:v2", "SERVICE_MAX_BATCH_SIZE": "64", "REQUIRE_GPU": "1",
+                            "SERVICE_INFERENCE_THREADS": "3", "SERVICE_WORKERS": "4"})
+    assert config.models == (ModelRef("mnist"), ModelRef("cats", "v2"))
+    assert config.models[1].tag == "cats:v2" and config.models[0].tag == "mnist:latest"
+    assert config.default_model == "mnist"  # finetuned is not served: the first one is the default
+    assert (config.max_batch_size, config.require_gpu, config.inference_threads, config.workers) == (64, True, 3, 4)
+
+
+@pytest.mark.parametrize("environ,named", [
+    ({"SERVICE_MAX_BATCH_SIZE": "1"}, "SERVICE_MAX_BATCH_SIZE"),
+    ({"SERVICE_MAX_IMAGE_PIXELS": "many"}, "SERVICE_MAX_IMAGE_PIXELS"),
+    ({"REQUIRE_GPU": "maybe"}, "REQUIRE_GPU"),
+    ({"SERVICE_MODELS": "a,b,a"}, "SERVICE_MODELS"),
+    ({"SERVICE_MODELS": "Cats&Dogs"}, "SERVICE_MODELS"),
+    ({"SERVICE_MODELS": "a,b", "SERVICE_DEFAULT_MODEL": "c"}, "SERVICE_DEFAULT_MODEL"),
+])
+def test_a_bad_setting_is_one_line_naming_the_variable(environ, named):
+    with pytest.raises(SettingsError) as caught:
+        settings.load(environ)
+    assert named in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_describe_lists_every_variable():
+    text = settings.describe({"SERVICE_WORKERS": "3"})
+    for name in settings.VARIABLES:
+        assert name in text
+    assert "'3' (set)" in text
+
+
+# --- model packages -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def home(tmp_path):
+    """A model store of its own for this process (BentoML's container, overridden as it allows)."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.models import ModelStore
+
+    BentoMLContainer.model_store.set(ModelStore(tmp_path / "models"))
+    yield tmp_path
+    BentoMLContainer.model_store.reset()
+
+
+def stored_path(home: Path, name: str) -> Path:
+    return next(p for p in (home / "models" / name).iterdir() if p.is_dir())
+
+
+def open_and_check(name: str) -> registry.ModelPackage:
+    package = registry.open_package(ModelRef(name))
+    engine.check(package)
+    return package
+
+
+def test_a_good_package_opens(home):
+    register(RGB_MODEL, home)
+    package = open_and_check(RGB_MODEL.name)
+    assert package.classes == RGB_MODEL.classes and package.input.channels == 3
+    assert package.version == stored_path(home, RGB_MODEL.name).name
+    summary = package.summary()
+    assert summary["input"] == {"height": 24, "width": 32, "channels": 3, "color_mode": "rgb"}
+
+
+def damage(home: Path, how: str) -> str:
+    """Register a copy of the RGB model named after `how`, damaged that way; its name."""
+    name = how
+    model = dataclasses.replace(RGB_MODEL, name=name)
+    onnx = model.onnx_bytes()
+    if how == "bad-protobuf":  # a file that is not ONNX, with a manifest that vouches for it
+        onnx = onnx[: len(onnx) // 2]
+        register(model, home, onnx=onnx)
+    elif how == "more-classes":
+        register(model, home, manifest={**model.manifest(onnx), "classes": ["a", "b", "c", "d"]})
+    elif how == "wrong-input-size":
+        manifest = model.manifest(onnx)
+        register(model, home, manifest={**manifest, "input": {**manifest["input"], "height": 30}})
+    elif how == "no-export-section":
+        manifest = model.manifest(onnx)
+        del manifest["export"]
+        register(model, home, manifest=manifest)
+    else:
+        register(model, home)
+        path = stored_path(home, name)
+        if how == "tampered":
+            (path / "model.onnx").write_bytes(onnx[:-4] + b"\0\0\0\0")
+        elif how == "no-onnx":
+            (path / "model.onnx").unlink()
+        elif how == "no-manifest":
+            (path / "manifest.json").unlink()
+        elif how == "manifest-not-json":
+            (path / "manifest.json").write_text("{not json")
+    return name
+
+
+@pytest.mark.parametrize("how,says", [
+    ("missing", "is not in the BentoML model store"),
+    ("no-manifest", "has no manifest.json"),
+    ("manifest-not-json", "is not valid JSON"),
+    ("no-export-section", "export"),
+    ("no-onnx", "is missing"),
+    ("tampered", "sha256"),
+    ("bad-protobuf", "ONNX Runtime cannot load"),
+    ("more-classes", "expected (1, 4)"),
+    ("wrong-input-size", "inference on a 30x32x3 image fails"),
+])
+def test_an_unusable_model_is_one_line_naming_it(home, how, says):
+    name = how if how == "missing" else damage(home, how)
+    with pytest.raises(ModelError) as caught:
+        open_and_check(name)
+    message = str(caught.value)
+    assert f"model {name}:" in message and says in message and "\n" not in message
+
+
+# --- ONNX Runtime ----------------------------------------------------------------------------------
+
+
+def test_engine_loads_warms_and_runs_every_model(home):
+    register(RGB_MODEL, home)
+    packages = {RGB_MODEL.name: open_and_check(RGB_MODEL.name)}
+    models = engine.Engine(packages, threads=1, require_gpu=False)
+    assert models.ready
+    expected_provider = engine.CPU if engine.cuda_problem() else engine.CUDA
+    assert models.providers() == {RGB_MODEL.name: expected_provider}
+    images = np.random.default_rng(0).uniform(0, 255, (5, 24, 32, 3)).astype(np.float32)
+    probabilities, features = models.models[RGB_MODEL.name].run(images)
+    expected_probabilities, expected_features = RGB_MODEL.predict(images)
+    np.testing.assert_allclose(probabilities, expected_probabilities, atol=1e-5)
+    np.testing.assert_allclose(features, expected_features, atol=1e-5)
+
+
+@pytest.mark.skipif(engine.cuda_problem() is None, reason="CUDA works here")
+def test_require_gpu_without_cuda_fails(home):
+    register(RGB_MODEL, home)
+    with pytest.raises(ModelError) as caught:
+        engine.Engine({RGB_MODEL.name: open_and_check(RGB_MODEL.name)}, threads=1, require_gpu=True)
+    assert "REQUIRE_GPU=1" in str(caught.value) and engine.cuda_problem() in str(caught.value)
+
+
+# --- `bentoml serve` itself ---------------------------------------------------------------------------
+
+
+def serve_until_exit(home: Path, **environ: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bentoml", "serve", "service.service:ImageClassifier", "--port", "0"],
+                          cwd=REPO, env=serve_env(home, **environ), capture_output=True, text=True, timeout=120)
+
+
+def test_bentoml_serve_stops_at_once_with_one_line(tmp_path):
+    register(RGB_MODEL, tmp_path)
+    corrupt = dataclasses.replace(RGB_MODEL, name="corrupt")
+    register(corrupt, tmp_path, onnx=b"not an onnx file")
+    cases = [({"SERVICE_MODELS": f"{RGB_MODEL.name},corrupt"}, "model corrupt:")]
+    if engine.cuda_problem() is not None:
+        cases.append(({"SERVICE_MODELS": RGB_MODEL.name, "REQUIRE_GPU": "1"}, "REQUIRE_GPU=1 but"))
+    for environ, names in cases:
+        result = serve_until_exit(tmp_path, **environ)
+        assert result.returncode == 1
+        output = (result.stdout + result.stderr).strip().splitlines()
+        assert output[-1].startswith("error: cannot start: ") and names in output[-1], output
+        assert not any("Traceback" in line for line in output)
