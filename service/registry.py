@@ -106,5 +106,15 @@ def open_package(ref: ModelRef) -> ModelPackage:
     return package
 
 
+def bento_model_names() -> tuple[str, ...]:
+    """When a built bento is served, the names of the models it packs; otherwise ().
+
+    BentoML then makes the bento's own folder of models the model store, <bento>/models."""
+    stored = bentoml.models.list()
+    if stored and (Path(stored[0].path).parents[2] / "bento.yaml").is_file():
+        return tuple(sorted({model.tag.name for model in stored}))
+    return ()
+
+
 def open_packages(refs: tuple[ModelRef, ...]) -> dict[str, ModelPackage]:
     return {ref.name: open_package(ref) for ref in refs}

@@ -47,7 +47,7 @@ def _configure() -> tuple[settings.Settings, dict[str, ModelPackage]]:
     This runs wherever the module is imported, first in `bentoml serve`'s own process: a bad
     setting or model stops the server before any worker starts."""
     try:
-        config = settings.load()
+        config = settings.load(default_models=registry.bento_model_names() or settings.RECIPE_MODELS)
         packages = registry.open_packages(config.models)
         for package in packages.values():
             engine.check(package)

@@ -65,7 +65,8 @@ def cpu_count() -> int:
 
 # name -> (default, meaning). The README's table of settings is this one.
 VARIABLES: dict[str, tuple[str, str]] = {
-    "SERVICE_MODELS": (",".join(RECIPE_MODELS), "models to serve, comma-separated names in the BentoML store (name or name:version)"),
+    "SERVICE_MODELS": (",".join(RECIPE_MODELS), "models to serve, comma-separated names in the BentoML store (name or name:version); "
+                       "serving a built bento: the models it packs"),
     "SERVICE_DEFAULT_MODEL": ("finetuned", "model used when a request names none (the first of SERVICE_MODELS if this one is not served)"),
     "SERVICE_MAX_BATCH_SIZE": ("32", "most images in one batched inference call (adaptive batching, per model)"),
     "SERVICE_MAX_LATENCY_MS": ("2000", "longest a request may wait in the batching queue before it is answered 503"),
@@ -117,14 +118,16 @@ def _models(name: str, text: str) -> tuple[ModelRef, ...]:
     return tuple(refs)
 
 
-def load(environ: Mapping[str, str] | None = None) -> Settings:
-    """Read every setting from `environ` (default: os.environ), or raise SettingsError."""
+def load(environ: Mapping[str, str] | None = None, *, default_models: tuple[str, ...] = RECIPE_MODELS) -> Settings:
+    """Read every setting from `environ` (default: os.environ), or raise SettingsError.
+
+    `default_models`: what SERVICE_MODELS means when it is not set."""
     environ = os.environ if environ is None else environ
 
     def get(name: str, parse: Callable[[str, str], object]):
         return parse(name, environ.get(name, VARIABLES[name][0]).strip())
 
-    models = get("SERVICE_MODELS", _models)
+    models = _models("SERVICE_MODELS", environ.get("SERVICE_MODELS", ",".join(default_models)).strip())
     names = [ref.name for ref in models]
     default_model = environ.get("SERVICE_DEFAULT_MODEL", "").strip()
     if default_model and default_model not in names:

@@ -141,6 +141,9 @@ def encode(pixels: np.ndarray | Image.Image, fmt: str, **options) -> bytes:
     return buffer.getvalue()
 
 
+JPEG_SAMPLE = encode(photo_like(60, 80), "JPEG", quality=90)
+
+
 # --- a real server -----------------------------------------------------------------------------------
 
 

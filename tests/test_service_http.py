@@ -17,7 +17,7 @@ import requests
 import urllib3
 
 from service import imaging
-from service_helpers import GRAY_MODEL, RGB_MODEL, Server, encode, metric_value, photo_like, register, serve_env
+from service_helpers import GRAY_MODEL, JPEG_SAMPLE, RGB_MODEL, Server, encode, metric_value, photo_like, register, serve_env
 
 LIMITS = {
     "SERVICE_MAX_IMAGES_PER_REQUEST": "4",
@@ -25,7 +25,7 @@ LIMITS = {
     "SERVICE_MAX_BODY_BYTES": str(1 << 20),
     "SERVICE_MAX_BATCH_SIZE": "8",
 }
-JPEG = encode(photo_like(60, 80), "JPEG", quality=90)
+JPEG = JPEG_SAMPLE
 PNG = encode(photo_like(50, 40, seed=1), "PNG")
 
 
