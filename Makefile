@@ -23,8 +23,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# BASE_WEIGHTS=path/to/weights.h5 gives the transfer rungs real ImageNet weights offline.
 demo: $(STAMP)
-	$(BIN)/python -m training demo
+	$(BIN)/python -m training demo $(if $(BASE_WEIGHTS),--base-weights $(BASE_WEIGHTS))
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -156,7 +156,7 @@ def cmd_demo_data(args) -> None:
 def cmd_demo(args) -> None:
     from .demo import run_demo
 
-    run_demo(models_dir=Path(args.models_dir), data=Path(args.data), epochs=args.epochs)
+    run_demo(models_dir=Path(args.models_dir), data=Path(args.data), epochs=args.epochs, base_weights=args.base_weights)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=str(DEMO_DATA), help="where the demo dataset is (generated if missing; default: %(default)s)")
     p.add_argument("--models-dir", default="models", help="(default: %(default)s)")
     p.add_argument("--epochs", type=_positive(int), default=None, help="epochs per rung (default: the demo's own, a few)")
+    p.add_argument("--base-weights", metavar="imagenet|none|PATH", help="weights of the pretrained base (default imagenet, "
+                   "random when they cannot be had)")
     p.set_defaults(func=cmd_demo)
     return parser
 

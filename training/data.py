@@ -222,7 +222,7 @@ def _orient(image, orientation):
         lambda: tf.image.rot90(transpose(image), 2),  # 7: transverse
         lambda: tf.image.rot90(image, 1),  # 8: rotate 90 counter-clockwise (PIL ROTATE_90)
     ]
-    return tf.switch_case(orientation, branches)
+    return tf.switch_case(tf.convert_to_tensor(orientation, tf.int32), branches)
 
 
 def load_image(path, orientation, image_size: tuple[int, int], channels: int):

@@ -15,8 +15,11 @@ from .train import summary_line, train
 
 
 def run_pipeline(data, *, models_dir: str | Path = "models", prefix: str = "", overwrite: bool = False,
-                 fallback_to_random: bool = False, **overrides) -> list[dict]:
-    """Train the four rungs into models_dir/<prefix><name>; return their manifests."""
+                 fallback_to_random: bool = False, per_recipe: dict[str, dict] | None = None, **overrides) -> list[dict]:
+    """Train the four rungs into models_dir/<prefix><name>; return their manifests.
+
+    `overrides` apply to every rung, `per_recipe[recipe]` to one.
+    """
     models_dir = Path(models_dir)
     manifests = []
     for recipe in LADDER:
@@ -27,7 +30,8 @@ def run_pipeline(data, *, models_dir: str | Path = "models", prefix: str = "", o
             manifests.append(read_manifest(out))
             continue
         source = models_dir / (prefix + LADDER_NAMES["transfer"]) if recipe == "finetune" else None
-        manifests.append(train(recipe, resolve(recipe, **overrides), data=data, name=name, models_dir=models_dir,
+        hp = resolve(recipe, **{**overrides, **(per_recipe or {}).get(recipe, {})})
+        manifests.append(train(recipe, hp, data=data, name=name, models_dir=models_dir,
                                source=source, overwrite=overwrite, fallback_to_random=fallback_to_random))
     print_summary(manifests)
     return manifests

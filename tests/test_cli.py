@@ -1,0 +1,63 @@
+"""The command line: help, and one clear line (no traceback) for each mistake a user can make."""
+
+import subprocess
+import sys
+
+import pytest
+
+from training.cli import main
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "training", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_help_lists_the_commands():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("train", "evaluate", "pipeline", "export", "demo", "demo-data"):
+        assert command in result.stdout
+
+
+def test_a_missing_data_folder_is_one_line_without_traceback(tmp_path):
+    result = run_cli("train", "scratch", "--data", str(tmp_path / "nope"), "--models-dir", str(tmp_path / "m"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: data folder {tmp_path / 'nope'} does not exist"
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "finetune", "--from", "{tmp}/none"], "is not a trained model folder"),
+        (["train", "transfer", "--data", "{data}", "--base-weights", "{tmp}/w.h5", "--image-size", "48"], "base weights file"),
+        (["train", "transfer", "--data", "{data}", "--image-size", "48"], "pass --base-weights PATH"),
+        (["train", "mnist", "--data", "{tmp}/missing.npz"], "MNIST file"),
+        (["train", "mnist", "--data", "{mnist}", "--image-size", "32"], "the mnist recipe takes 28x28 grayscale"),
+        (["train", "scratch", "--data", "{data}", "--image-size", "40"], "too small for the scratch recipe"),
+        (["export"], "name a model folder"),
+        (["export", "{tmp}"], "is not a trained model folder"),
+        (["evaluate", "{tmp}"], "is not a trained model folder"),
+    ],
+)
+def test_user_mistakes_are_one_error_line(tmp_path, capfd, binary_data, mnist_npz, args, message):
+    args = [a.format(tmp=tmp_path, data=binary_data, mnist=mnist_npz) for a in args]
+    models = ["--models-dir", str(tmp_path / "m")] if args[0] == "train" else []
+    assert main(args + models) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_bad_option_values_are_usage_errors(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "scratch", "--image-size", "big"])
+    assert exit_info.value.code == 2
+    assert "expected SIZE or HEIGHTxWIDTH" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "scratch", "--name", "Bad Name"])
+
+
+def test_demo_data_command(tmp_path):
+    result = run_cli("demo-data", str(tmp_path / "demo"), "--seed", "3")
+    assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / "demo" / "train" / "circles").glob("*.jpg"))) == 100

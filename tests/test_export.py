@@ -1,0 +1,145 @@
+"""Export: both formats carry the contract's names and shapes, parity holds, packages register."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from training.errors import UserError
+from training.export import check_parity, export_model, inference_model, parity_inputs
+from training.manifest import read_manifest
+from training.train import load_keras_model
+
+ALL = ["scratch", "augmented", "transfer", "finetuned", "mnist", "basenet", "transfer-features"]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_export_records_parity_files_and_shapes(exported_models, trained_models, name):
+    manifest = exported_models[name]
+    assert manifest == read_manifest(trained_models[name])
+    export = manifest["export"]
+    parity = export["parity"]
+    assert parity["max_abs_diff_probabilities"] <= 1e-4 and parity["top1_agreement"] == 1.0
+    assert parity["images"] == min(32, manifest["dataset"]["sizes"]["test"]) and parity["random_inputs"] == 8
+    h, w, c = (manifest["input"][k] for k in ("height", "width", "channels"))
+    k, d = len(manifest["classes"]), manifest["outputs"]["features"]["shape"][1]
+    assert export["input"] == {"name": "image", "shape": [None, h, w, c], "dtype": "float32"}
+    assert export["outputs"] == {"probabilities": {"shape": [None, k], "dtype": "float32"},
+                                 "features": {"shape": [None, d], "dtype": "float32"}}
+    assert export["onnx"]["opset"] == 17
+    assert {"tf2onnx", "onnx", "onnxruntime-gpu", "tensorflow"} <= set(export["versions"])
+    files = manifest["files"]
+    assert {"model.keras", "model.onnx", "saved_model/saved_model.pb"} <= set(files)
+    assert files["model.onnx"]["bytes"] == (trained_models[name] / "model.onnx").stat().st_size
+    assert len(files["model.onnx"]["sha256"]) == 64
+
+    model = onnx.load(trained_models[name] / "model.onnx")
+    onnx.checker.check_model(model)
+    assert model.opset_import[0].version == 17
+
+    def dims(value):
+        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+    assert [(i.name, dims(i)) for i in model.graph.input] == [("image", ["batch", h, w, c])]
+    assert sorted((o.name, dims(o)) for o in model.graph.output) == [("features", ["batch", d]), ("probabilities", ["batch", k])]
+
+
+def test_saved_model_signature(exported_models, trained_models):
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(trained_models["finetuned"] / "saved_model"))
+    signature = loaded.signatures["serving_default"]
+    (spec,) = signature.structured_input_signature[1].values()
+    assert spec.name == "image" and spec.shape.as_list() == [None, 48, 48, 3] and spec.dtype == tf.float32
+    assert {name: t.shape.as_list() for name, t in signature.structured_outputs.items()} == {
+        "probabilities": [None, 2], "features": [None, 1280]}
+    out = signature(image=tf.fill((3, 48, 48, 3), 100.0))
+    np.testing.assert_allclose(tf.reduce_sum(out["probabilities"], axis=1), np.ones(3), rtol=1e-5)
+
+
+def test_sigmoid_models_export_two_columns_that_match_keras(trained_models):
+    model = load_keras_model(trained_models["scratch"])
+    inference = inference_model(model)
+    x = np.random.default_rng(1).uniform(0, 255, (4, 80, 80, 3)).astype("float32")
+    p = np.asarray(model(x, training=False))
+    got = np.asarray(inference(x)["probabilities"])
+    np.testing.assert_allclose(got, np.concatenate([1 - p, p], axis=1), atol=1e-6)
+    assert not any("Random" in type(layer).__name__ or "Dropout" in type(layer).__name__
+                   for layer in inference.layers if type(layer).__name__ != "Functional")
+
+
+BLOCKED_RUN = """
+import importlib.abc, json, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "keras", "tf2onnx"):
+            raise ImportError(name + " is blocked in this process")
+sys.meta_path.insert(0, Block())
+try:
+    import tensorflow
+    sys.exit("tensorflow imported")
+except ImportError:
+    pass
+import numpy as np, onnxruntime as ort
+session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+shape = [int(s) for s in sys.argv[2:]]
+outputs = session.run(None, {"image": np.full([3] + shape, 128.0, np.float32)})
+print(json.dumps({o.name: list(v.shape) for o, v in zip(session.get_outputs(), outputs)}))
+"""
+
+
+@pytest.mark.parametrize("name", ["finetuned", "mnist"])
+def test_onnx_runs_where_tensorflow_cannot_be_imported(exported_models, trained_models, name):
+    m = exported_models[name]
+    shape = [str(m["input"][k]) for k in ("height", "width", "channels")]
+    result = subprocess.run([sys.executable, "-c", BLOCKED_RUN, str(trained_models[name] / "model.onnx"), *shape],
+                            capture_output=True, text=True, check=True)
+    got = json.loads(result.stdout.strip().splitlines()[-1])
+    assert got == {"probabilities": [3, len(m["classes"])], "features": [3, m["outputs"]["features"]["shape"][1]]}
+
+
+def test_parity_failure_gives_the_figures(exported_models, trained_models):
+    # The augmented model's ONNX graph against the scratch model: same shapes, other weights.
+    scratch_dir = trained_models["scratch"]
+    inference = inference_model(load_keras_model(scratch_dir))
+    inputs, real = parity_inputs(scratch_dir, read_manifest(scratch_dir), None)
+    with pytest.raises(UserError, match=r"does not compute what the Keras model does: largest difference in probabilities .* \(allowed 1e-04\)"):
+        check_parity(inference, trained_models["augmented"] / "model.onnx", inputs, real)
+
+
+def test_registering_twice_keeps_both_versions(exported_models, trained_models):
+    import bentoml
+
+    first = exported_models["basenet"]["registered"][-1]["tag"]
+    again = export_model(trained_models["basenet"])
+    second = again["registered"][-1]["tag"]
+    assert first != second and [r["tag"] for r in again["registered"]] == [first, second]
+    tags = {str(m.tag) for m in bentoml.models.list("basenet")}
+    assert {first, second} <= tags
+    stored = bentoml.models.get(second)
+    assert stored.info.metadata["classes"] == ["circles", "squares", "triangles"]
+    assert stored.info.labels["recipe"] == "basenet"
+    stored_dir = Path(stored.path)
+    package = json.loads((stored_dir / "manifest.json").read_text())
+    assert package["bentoml"]["tag"] == second and package["export"]["parity"]["top1_agreement"] == 1.0
+    for name in ("model.onnx", "saved_model/saved_model.pb", "evaluation.json"):
+        assert (stored_dir / name).is_file(), name
+    assert not (stored_dir / "model.keras").exists()  # training state stays out of the served package
+
+
+def test_missing_or_corrupt_keras_file_is_one_clear_error(tmp_path, trained_models):
+    broken = tmp_path / "broken"
+    shutil.copytree(trained_models["basenet"], broken)
+    (broken / "model.keras").write_bytes(b"this is not a keras file")
+    with pytest.raises(UserError, match=r"model.keras cannot be loaded"):
+        export_model(broken, register_model=False)
+    (broken / "model.keras").unlink()
+    with pytest.raises(UserError, match="has no model.keras"):
+        export_model(broken, register_model=False)
+    with pytest.raises(UserError, match="is not a trained model folder"):
+        export_model(tmp_path, register_model=False)
