@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,3 +210,29 @@ def metric_value(text: str, name: str, **labels: str) -> float:
         if all(sample_labels.get(k) == v for k, v in labels.items()):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def adaptive_batches(metrics: str, model: str) -> tuple[float, float]:
+    """(calls, images) of the model's batchable API in BentoML's adaptive_batch_size histogram."""
+    method = "infer_" + re.sub(r"[^a-z0-9_]", "_", model)
+    return (metric_value(metrics, "bentoml_service_adaptive_batch_size_count", method_name=method),
+            metric_value(metrics, "bentoml_service_adaptive_batch_size_sum", method_name=method))
+
+
+def batch_concurrently(server: Server, models: list[str], image: bytes, rounds: int = 6):
+    """Send concurrent one-image requests, spread over `models`, until BentoML has batched each
+    model's calls (more images than calls) or `rounds` rounds are done: BentoML's batcher first
+    learns each model's latency. Returns ({model: (calls, images)}, the last /metrics text)."""
+    def one(i: int) -> int:
+        files = [("images", ("image.jpg", image, "image/jpeg"))]
+        return requests.post(server.url + "/classify", files=files, data={"model": models[i % len(models)]}, timeout=60).status_code
+
+    for _ in range(rounds):
+        with ThreadPoolExecutor(32) as pool:
+            codes = set(pool.map(one, range(64 * len(models))))
+        assert codes == {200}, codes
+        metrics = requests.get(server.url + "/metrics", timeout=10).text
+        batched = {model: adaptive_batches(metrics, model) for model in models}
+        if all(images > calls for calls, images in batched.values()):
+            break
+    return batched, metrics

@@ -17,7 +17,8 @@ import requests
 import urllib3
 
 from service import imaging
-from service_helpers import GRAY_MODEL, JPEG_SAMPLE, RGB_MODEL, Server, encode, metric_value, photo_like, register, serve_env
+from service_helpers import (GRAY_MODEL, JPEG_SAMPLE, RGB_MODEL, Server, batch_concurrently, encode, metric_value,
+                             photo_like, register, serve_env)
 
 LIMITS = {
     "SERVICE_MAX_IMAGES_PER_REQUEST": "4",
@@ -214,26 +215,9 @@ def test_wrong_content_type_or_malformed_body(server, headers, data):
 # --- batching and metrics ------------------------------------------------------------------------
 
 
-def adaptive_batches(metrics: str, model: str) -> tuple[float, float]:
-    """(calls, images) of the model's batchable API in BentoML's adaptive_batch_size histogram."""
-    method = "infer_" + re.sub(r"[^a-z0-9_]", "_", model)
-    return (metric_value(metrics, "bentoml_service_adaptive_batch_size_count", method_name=method),
-            metric_value(metrics, "bentoml_service_adaptive_batch_size_sum", method_name=method))
-
-
 def test_concurrent_requests_for_each_model_are_batched(server):
     """Concurrent single-image requests reach ONNX Runtime in batches larger than one, per model."""
-    def one(i: int) -> int:
-        model = (RGB_MODEL, GRAY_MODEL)[i % 2].name
-        return post(server, "/classify", [("a.jpg", JPEG)], model=model).status_code
-
-    for _ in range(6):  # BentoML's batcher first learns the model's latency: a few rounds at most
-        with ThreadPoolExecutor(32) as pool:
-            assert set(pool.map(one, range(128))) == {200}
-        metrics = requests.get(server.url + "/metrics", timeout=10).text
-        batched = {m.name: adaptive_batches(metrics, m.name) for m in (RGB_MODEL, GRAY_MODEL)}
-        if all(images > calls for calls, images in batched.values()):
-            break
+    batched, metrics = batch_concurrently(server, [RGB_MODEL.name, GRAY_MODEL.name], JPEG)
     for model, (calls, images) in batched.items():
         assert images > calls, f"{model}: {images} images in {calls} calls, never batched"
         # The service's own histogram agrees with BentoML's.
