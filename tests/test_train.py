@@ -119,3 +119,18 @@ def test_evaluate_again_gives_the_same_figures(trained_models):
     after = reevaluate(trained_models["basenet"])["metrics"]
     assert after["test_accuracy"] == before["test_accuracy"]
     assert after["test_loss"] == pytest.approx(before["test_loss"], rel=1e-5)
+
+
+def test_pipeline_skips_rungs_trained_with_the_same_options(trained_models, models_dir, binary_data, capsys):
+    from tests.conftest import SCRATCH_SIZE, TRANSFER_SIZE
+    from training.pipeline import run_pipeline
+
+    per_recipe = {"scratch": {"image_size": SCRATCH_SIZE, "epochs": 2}, "augmented": {"image_size": SCRATCH_SIZE, "epochs": 1},
+                  "transfer": {"image_size": TRANSFER_SIZE, "epochs": 1, "base_weights": "none"},
+                  "finetune": {"image_size": TRANSFER_SIZE, "epochs": 1}}
+    manifests = run_pipeline(binary_data, models_dir=models_dir, per_recipe=per_recipe)
+    assert [m["name"] for m in manifests] == ["scratch", "augmented", "transfer", "finetuned"]
+    out = capsys.readouterr().out
+    assert out.count("already trained with these options") == 4 and "test accuracy" in out
+    with pytest.raises(UserError, match="trained with other options; pass --overwrite"):
+        run_pipeline(binary_data, models_dir=models_dir, per_recipe={**per_recipe, "scratch": {"image_size": SCRATCH_SIZE, "epochs": 3}})

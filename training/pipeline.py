@@ -1,7 +1,7 @@
 """The ladder of the seed documents, in order: scratch, augmented, transfer, finetune.
 
 Each rung is an ordinary training run; finetune starts from the transfer rung's model. A rung
-already trained is skipped (so an interrupted pipeline picks up where it stopped), unless
+already trained with the same options is skipped (so an interrupted pipeline picks up where it stopped), unless
 `overwrite` asks to train it again.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import LADDER, LADDER_NAMES, resolve
-from .manifest import MANIFEST, read_manifest
-from .train import summary_line, train
+from .manifest import read_manifest
+from .train import run_record, summary_line, train, trained_with
 
 
 def run_pipeline(data, *, models_dir: str | Path = "models", prefix: str = "", overwrite: bool = False,
@@ -25,12 +25,12 @@ def run_pipeline(data, *, models_dir: str | Path = "models", prefix: str = "", o
     for recipe in LADDER:
         name = prefix + LADDER_NAMES[recipe]
         out = models_dir / name
-        if (out / MANIFEST).is_file() and not overwrite:
-            print(f"{name}: already trained in {out}, skipping it (--overwrite trains it again)")
-            manifests.append(read_manifest(out))
-            continue
         source = models_dir / (prefix + LADDER_NAMES["transfer"]) if recipe == "finetune" else None
         hp = resolve(recipe, **{**overrides, **(per_recipe or {}).get(recipe, {})})
+        if not overwrite and trained_with(out, run_record(recipe, hp, data, source)):
+            print(f"{name}: already trained with these options in {out}, skipping it (--overwrite trains it again)")
+            manifests.append(read_manifest(out))
+            continue
         manifests.append(train(recipe, hp, data=data, name=name, models_dir=models_dir,
                                source=source, overwrite=overwrite, fallback_to_random=fallback_to_random))
     print_summary(manifests)

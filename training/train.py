@@ -105,6 +105,22 @@ def _callbacks(out: Path, checkpoint: Path, hp: Hyperparameters, *, weights_only
     return callbacks
 
 
+def run_record(recipe: str, hp: Hyperparameters, data, source) -> dict:
+    """What identifies a run: a folder holding the same record holds the same training."""
+    resolved = {key: str(Path(value).resolve()) if value else None for key, value in (("data", data), ("source", source))}
+    return {"recipe": recipe, **resolved, "hyperparameters": hp.as_dict()}
+
+
+def trained_with(out: Path, run: dict) -> bool:
+    """True when `out` holds a finished run of `run`; a finished run of other options is an error."""
+    if not (out / MANIFEST).is_file():
+        return False
+    previous = json.loads((out / RUN_FILE).read_text()) if (out / RUN_FILE).is_file() else None
+    if previous != run:
+        raise UserError(f"{out} holds a model trained with other options; pass --overwrite to train it again")
+    return True
+
+
 def _prepare_output(out: Path, run: dict, overwrite: bool) -> bool:
     """Make `out` ready for this run; True when it resumes an interrupted run there."""
     if (out / MANIFEST).is_file():
@@ -246,7 +262,7 @@ def train(recipe: str, hp: Hyperparameters, *, data: str | Path | None, name: st
           source: str | Path | None = None, overwrite: bool = False, fallback_to_random: bool = False) -> dict:
     """Train one recipe into `models_dir/name`; return its manifest."""
     out = Path(models_dir) / name
-    run = {"recipe": recipe, "data": str(data), "source": str(source), "hyperparameters": hp.as_dict()}
+    run = run_record(recipe, hp, data, source)
     resumed = _prepare_output(out, run, overwrite)
     keras.utils.set_random_seed(hp.seed)
 
