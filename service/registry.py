@@ -101,7 +101,9 @@ def open_package(ref: ModelRef) -> ModelPackage:
         raise ModelError(f"{name}: {MANIFEST} lists no classes")
     if not onnx_path.is_file():
         raise ModelError(f"{name}: {onnx_path} is missing")
-    package = ModelPackage(ref.name, str(stored.tag.version), path, manifest, input_spec, classes, onnx_path, onnx.get("sha256"))
+    # The export records the file's sha256 under "files" (or, in older packages, beside its path).
+    sha256 = (manifest.get("files") or {}).get(onnx["path"], {}).get("sha256") or onnx.get("sha256")
+    package = ModelPackage(ref.name, str(stored.tag.version), path, manifest, input_spec, classes, onnx_path, sha256)
     package.check_onnx()
     return package
 

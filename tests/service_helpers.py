@@ -16,9 +16,11 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,7 +102,8 @@ class TinyModel:
                       "resize": "bilinear", "exif_orientation": True, "preprocessing": "inside the model: x / 255"},
             "outputs": {"probabilities": {"shape": [None, len(self.classes)]}, "features": {"shape": [None, self.channels]}},
             "metrics": {"test_accuracy": 0.5, "test_loss": 0.7, "evaluated_on": "test"},
-            "export": {"onnx": {"path": "model.onnx", "opset": 17, "sha256": hashlib.sha256(onnx).hexdigest(), "bytes": len(onnx)}},
+            "export": {"onnx": {"path": "model.onnx", "opset": 17}},
+            "files": {"model.onnx": {"sha256": hashlib.sha256(onnx).hexdigest(), "bytes": len(onnx)}},
         }
 
 
@@ -143,6 +146,18 @@ def encode(pixels: np.ndarray | Image.Image, fmt: str, **options) -> bytes:
 
 
 JPEG_SAMPLE = encode(photo_like(60, 80), "JPEG", quality=90)
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A valid grayscale PNG of zeros: a few hundred kB that decode to width x height bytes."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    compressor = zlib.compressobj(9)
+    row = bytes(width + 1)  # filter byte + pixels
+    pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
 
 
 # --- a real server -----------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import requests
 from packaging.requirements import Requirement
 
 from service.dependencies import serving_requirements
-from service_helpers import GRAY_MODEL, JPEG_SAMPLE, REPO, RGB_MODEL, Server, register, serve_env
+from tests.service_helpers import GRAY_MODEL, JPEG_SAMPLE, REPO, RGB_MODEL, Server, register, serve_env
 
 DOCKERFILE = (REPO / "Dockerfile").read_text()
 

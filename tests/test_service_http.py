@@ -17,8 +17,8 @@ import requests
 import urllib3
 
 from service import imaging
-from service_helpers import (GRAY_MODEL, JPEG_SAMPLE, RGB_MODEL, Server, batch_concurrently, encode, metric_value,
-                             photo_like, register, serve_env)
+from tests.service_helpers import (GRAY_MODEL, JPEG_SAMPLE, RGB_MODEL, Server, batch_concurrently, encode,
+                                   metric_value, photo_like, png_bomb, register, serve_env)
 
 LIMITS = {
     "SERVICE_MAX_IMAGES_PER_REQUEST": "4",
@@ -141,8 +141,6 @@ def test_openapi_documents_every_endpoint_and_field(server):
 
 
 def huge_png() -> bytes:
-    from test_service_imaging import png_bomb
-
     return png_bomb(2000, 1000)  # 2 000 000 pixels, over the limit of 1 000 000
 
 

@@ -8,8 +8,6 @@ of every supported format, colour mode and EXIF orientation.
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -18,7 +16,7 @@ from PIL import Image, ImageOps
 from service import imaging
 from service.errors import Reason, Rejection
 from service.imaging import InputSpec
-from service_helpers import encode, photo_like
+from tests.service_helpers import encode, photo_like, png_bomb
 
 tf = pytest.importorskip("tensorflow")
 
@@ -135,18 +133,6 @@ def test_bad_files_are_rejected_with_a_reason(data, reason):
         imaging.decode(data, 3, max_pixels=2999)
     assert caught.value.reason is reason
     assert caught.value.message
-
-
-def png_bomb(width: int, height: int) -> bytes:
-    """A valid grayscale PNG of zeros: a few hundred kB that decode to width x height bytes."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    compressor = zlib.compressobj(9)
-    row = bytes(width + 1)  # filter byte + pixels
-    pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
 
 
 def test_pixel_limit_is_checked_before_decoding():

@@ -16,7 +16,7 @@ import pytest
 import requests
 from PIL import Image
 
-from service_helpers import Server, batch_concurrently, encode, serve_env
+from tests.service_helpers import Server, batch_concurrently, encode, serve_env
 
 # Every model conftest.py exports: the service's default four, grayscale MNIST, two softmax models.
 MODELS = ["scratch", "augmented", "transfer", "finetuned", "mnist", "basenet", "transfer-features"]

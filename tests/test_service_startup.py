@@ -18,7 +18,7 @@ import pytest
 from service import engine, registry, settings
 from service.registry import ModelError
 from service.settings import ModelRef, SettingsError
-from service_helpers import REPO, RGB_MODEL, register, serve_env
+from tests.service_helpers import REPO, RGB_MODEL, register, serve_env
 
 # --- settings -----------------------------------------------------------------------------------------
 
