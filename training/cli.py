@@ -147,6 +147,12 @@ def cmd_export(args) -> None:
         print(export_line(export_model(model_dir, data=args.data, register_model=not args.no_register, opset=args.opset)))
 
 
+def cmd_reproduce(args) -> None:
+    from .reproduce import reproduce
+
+    reproduce(data=args.data, mnist=args.mnist, base_weights=args.base_weights, models_dir=args.models_dir)
+
+
 def cmd_demo_data(args) -> None:
     from .demo_data import generate_demo_dataset
 
@@ -197,6 +203,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=_positive(int), default=17, help="ONNX opset (default: %(default)s)")
     p.add_argument("--no-register", action="store_true", help="do not register the package in the BentoML model store")
     p.set_defaults(func=cmd_export)
+
+    p = commands.add_parser("reproduce", help="train and export the seed documents' ladder on cats vs dogs, and MNIST",
+                            description="Train and export cvd-scratch, cvd-augmented, cvd-transfer-features, cvd-transfer, "
+                                        "cvd-finetuned and mnist (rungs already trained with the same options are reused). "
+                                        "`make reproduce` then serves them and writes docs/results.md.")
+    p.add_argument("--data", required=True, metavar="DIR", help="cats_vs_dogs_small (train/validation/test)")
+    p.add_argument("--mnist", metavar="NPZ", help="mnist.npz (default: keras.datasets.mnist)")
+    p.add_argument("--base-weights", required=True, metavar="PATH|imagenet", help="MobileNetV2 alpha 0.35 ImageNet weights")
+    p.add_argument("--models-dir", default="models", metavar="DIR", help="(default: %(default)s)")
+    p.set_defaults(func=cmd_reproduce)
 
     p = commands.add_parser("demo-data", help="write the generated demo dataset to a folder")
     p.add_argument("directory", help="folder to write (DIR/train, DIR/validation, DIR/test)")

@@ -1,0 +1,58 @@
+"""`reproduce`: the seed documents' accuracy ladder on real data, trained and exported.
+
+The rungs of the book's table (cats vs dogs: scratch, scratch with augmentation, feature
+extraction without and with augmentation, fine-tuning) plus its MNIST convnet. A rung already
+trained with the same options is reused, so an interrupted reproduction picks up where it stopped;
+`loadtests.accuracy` then serves the models and measures them through HTTP (`make reproduce`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import resolve
+from .export import export_line, export_model, file_records
+from .manifest import KERAS_FILE, read_manifest
+from .pipeline import print_summary
+from .train import run_record, train, trained_with
+
+# name, recipe, options beyond the recipe's defaults, seed figure (the book's test accuracy)
+RUNGS = [
+    ("cvd-scratch", "scratch", {}, 0.72),
+    ("cvd-augmented", "augmented", {}, 0.82),
+    ("cvd-transfer-features", "transfer", {"transfer_mode": "features"}, 0.90),
+    ("cvd-transfer", "transfer", {}, 0.96),
+    ("cvd-finetuned", "finetune", {}, 0.97),
+    ("mnist", "mnist", {}, 0.993),
+]
+FINETUNE_FROM = "cvd-transfer"
+SEED_FIGURES = {name: figure for name, _, _, figure in RUNGS}
+
+
+def _exported(model_dir: Path) -> bool:
+    """True when the folder's export is of the model.keras it holds now."""
+    manifest = read_manifest(model_dir)
+    recorded = manifest.get("files", {}).get(KERAS_FILE, {}).get("sha256")
+    return "export" in manifest and recorded == file_records(model_dir, [KERAS_FILE])[KERAS_FILE]["sha256"]
+
+
+def reproduce(*, data: str, mnist: str | None, base_weights: str, models_dir: str | Path = "models") -> list[dict]:
+    models_dir = Path(models_dir)
+    manifests = []
+    for name, recipe, options, _ in RUNGS:
+        source = models_dir / FINETUNE_FROM if recipe == "finetune" else None
+        rung_data = mnist if recipe == "mnist" else data
+        extra = {"base_weights": base_weights} if recipe == "transfer" else {}
+        hp = resolve(recipe, **options, **extra)
+        out = models_dir / name
+        if trained_with(out, run_record(recipe, hp, rung_data, source)):
+            print(f"{name}: already trained with these options, reusing {out}")
+            manifest = read_manifest(out)
+        else:
+            manifest = train(recipe, hp, data=rung_data, name=name, models_dir=models_dir, source=source, overwrite=True)
+        if not _exported(out):
+            manifest = export_model(out)
+            print(export_line(manifest))
+        manifests.append(manifest)
+    print_summary(manifests)
+    return manifests
