@@ -1,14 +1,14 @@
 """The BentoML services: `bentoml serve service.service:ImageClassifier`.
 
 A request, end to end:
-  POST /classify (ImageClassifier, the public service; its workers decode in threads)
+  POST /classify (ImageClassifier, the public service)
     requests.RequestGuard       content type, body size
     requests.ClassifyInput      form fields, file count
-    preprocess                  imaging.preprocess per image -> float32 [n, H, W, C]
-    inference                   Inference.<model API>: BentoML's adaptive batching gathers the
+    _preprocess                 imaging.preprocess per image, in a thread -> float32 [n, H, W, C]
+    _infer                      Inference.infer_<model>: BentoML's adaptive batching gathers the
                                 arrays of concurrent requests for that model into one batch,
                                 engine.Model.run runs ONNX Runtime on it
-    postprocess                 probabilities -> labels, top-k; features -> embeddings
+    _classifications            probabilities -> labels and top-k (/features: _embeddings)
   -> JSON, one entry per image
 
 Why two services: BentoML batches only calls that reach a batchable API over HTTP, so the
@@ -30,7 +30,6 @@ import numpy as np
 from bentoml.exceptions import ServiceUnavailable
 from fastapi import FastAPI
 from pydantic import BaseModel, ValidationError
-from starlette.responses import JSONResponse
 
 from . import engine, imaging, metrics, registry, settings
 from .errors import Reason, Rejection
@@ -62,16 +61,17 @@ SETTINGS, PACKAGES = _configure()
 ImagesInput.max_images = SETTINGS.max_images_per_request
 
 
-class _ClientMistakes(logging.Filter):
-    """BentoML logs a traceback at ERROR level for each request whose fields fail validation.
-    Those are the client's mistakes, answered 400, shown in the access log and counted in
-    imgcls_rejected_requests_total; the error log is for the server's own failures."""
+class _ExpectedRefusals(logging.Filter):
+    """BentoML logs a traceback at ERROR level for each request whose fields fail validation and
+    for each call its batcher sheds under overload. Those are refusals by design, answered 400 or
+    503, shown in the access log and counted in imgcls_rejected_requests_total; the error log is
+    for the server's own failures."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], ValidationError))
+        return not (record.exc_info and isinstance(record.exc_info[1], (ValidationError, ServiceUnavailable)))
 
 
-logging.getLogger("bentoml._internal.server.http_app").addFilter(_ClientMistakes())
+logging.getLogger("bentoml._internal.server.http_app").addFilter(_ExpectedRefusals())
 
 
 def api_name(model: str) -> str:
@@ -207,23 +207,20 @@ class ImageClassifier:
                 raise Rejection(Reason.TOP_K_OUT_OF_RANGE,
                                 f"must be between 1 and {len(package.classes)} (the classes of model {package.name}), not {top_k}",
                                 ("top_k",))
-            outputs = await self._run(package, images, "classify")
+            outputs = await self._infer(package, await self._preprocess(package, images), "classify")
         except Rejection as rejection:
             return rejection.response()
-        return [self._classification(package, row, top_k) for row in outputs["probabilities"]]
+        return self._classifications(package, outputs["probabilities"], top_k)
 
     @bentoml.api(route="/features", input_spec=FeaturesInput)
     async def features(self, images: list[Path], model: str, normalize: bool) -> list[Embedding]:
         """The model's feature vector (global average pooling of its last convolution block) for each image."""
         try:
             package = self._package(model)
-            outputs = await self._run(package, images, "features")
+            outputs = await self._infer(package, await self._preprocess(package, images), "features")
         except Rejection as rejection:
             return rejection.response()
-        embeddings = outputs["features"]
-        if normalize:
-            embeddings = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
-        return [Embedding(embedding=row.tolist(), dim=len(row), model=package.name, version=package.version) for row in embeddings]
+        return self._embeddings(package, outputs["features"], normalize)
 
     @http.get("/models", response_model=ModelList, summary="The served models", tags=["Service APIs"])
     async def models(self) -> ModelList:
@@ -243,19 +240,22 @@ class ImageClassifier:
             raise Rejection(Reason.UNKNOWN_MODEL, f"unknown model {name!r}; served models: {', '.join(PACKAGES)}", ("model",))
         return PACKAGES[name]
 
-    async def _run(self, package: ModelPackage, images: list[Path], endpoint: str) -> np.ndarray:
-        batch = await anyio.to_thread.run_sync(self._preprocess, package, images, limiter=self.decode_limiter)
+    async def _preprocess(self, package: ModelPackage, images: list[Path]) -> np.ndarray:
+        """Decode, orient, convert and resize each file, in a thread: [n, H, W, C] float32 0-255."""
+        return await anyio.to_thread.run_sync(self._decode_all, package, images, limiter=self.decode_limiter)
+
+    async def _infer(self, package: ModelPackage, batch: np.ndarray, endpoint: str) -> np.ndarray:
+        """The model's outputs for the batch, one row per image, through its batching queue."""
         try:
             outputs = await getattr(self.inference.to_async, api_name(package.name))(batch)
         except ServiceUnavailable:
             raise Rejection(Reason.OVERLOADED, f"model {package.name} has more requests queued than it can answer "
                                                f"within {SETTINGS.max_latency_ms} ms; retry later") from None
-        metrics.IMAGES.labels(model=package.name, endpoint=endpoint).inc(len(images))
+        metrics.IMAGES.labels(model=package.name, endpoint=endpoint).inc(len(batch))
         return outputs
 
     @staticmethod
-    def _preprocess(package: ModelPackage, images: list[Path]) -> np.ndarray:
-        """Decode, orient, convert and resize each file: [n, H, W, C] float32 0-255."""
+    def _decode_all(package: ModelPackage, images: list[Path]) -> np.ndarray:
         tensors = []
         for index, path in enumerate(images):
             start = time.perf_counter()
@@ -268,12 +268,21 @@ class ImageClassifier:
         return np.stack(tensors)
 
     @staticmethod
-    def _classification(package: ModelPackage, probabilities: np.ndarray, top_k: int) -> Classification:
-        order = np.argsort(-probabilities, kind="stable")[:top_k]
-        ranked = [LabelProbability(label=package.classes[i], probability=float(probabilities[i])) for i in order]
-        metrics.PREDICTIONS.labels(model=package.name, label=ranked[0].label).inc()
-        return Classification(label=ranked[0].label, probability=ranked[0].probability, top_k=ranked,
-                              model=package.name, version=package.version)
+    def _classifications(package: ModelPackage, probabilities: np.ndarray, top_k: int) -> list[Classification]:
+        answers = []
+        for row in probabilities:
+            order = np.argsort(-row, kind="stable")[:top_k]
+            ranked = [LabelProbability(label=package.classes[i], probability=float(row[i])) for i in order]
+            metrics.PREDICTIONS.labels(model=package.name, label=ranked[0].label).inc()
+            answers.append(Classification(label=ranked[0].label, probability=ranked[0].probability, top_k=ranked,
+                                          model=package.name, version=package.version))
+        return answers
+
+    @staticmethod
+    def _embeddings(package: ModelPackage, features: np.ndarray, normalize: bool) -> list[Embedding]:
+        if normalize:
+            features = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+        return [Embedding(embedding=row.tolist(), dim=len(row), model=package.name, version=package.version) for row in features]
 
 
 ImageClassifier.add_asgi_middleware(RequestGuard, routes=("/classify", "/features"), max_body_bytes=SETTINGS.max_body_bytes)

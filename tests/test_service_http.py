@@ -253,3 +253,22 @@ def test_metrics_count_right_across_workers(server):
     for line in after.splitlines():  # label values come from fixed sets only
         if line.startswith("imgcls_predictions_total{"):
             assert re.search(r'label="(red|green|blue|dark|light)"', line), line
+
+
+def test_overload_is_a_503_to_retry_never_a_500(tmp_path):
+    """A batching queue that cannot keep its latency bound sheds calls: 503 with Retry-After."""
+    home = tmp_path / "home"
+    register(RGB_MODEL, home)
+    env = serve_env(home, SERVICE_MODELS=RGB_MODEL.name, SERVICE_MAX_LATENCY_MS="1")
+    server = Server("service.service:ImageClassifier", env, tmp_path / "server.log")
+    try:
+        server.wait_ready()
+        with ThreadPoolExecutor(32) as pool:
+            responses = list(pool.map(lambda i: post(server, "/classify", [("a.jpg", JPEG)] * 4), range(256)))
+        codes = {r.status_code for r in responses}
+        assert codes <= {200, 503} and 503 in codes, codes
+        shed = next(r for r in responses if r.status_code == 503)
+        assert shed.json()["detail"][0]["type"] == "overloaded" and shed.headers["Retry-After"] == "1"
+        assert "Traceback" not in server.log()
+    finally:
+        server.stop()
