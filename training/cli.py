@@ -150,7 +150,8 @@ def cmd_export(args) -> None:
 def cmd_reproduce(args) -> None:
     from .reproduce import reproduce
 
-    reproduce(data=args.data, mnist=args.mnist, base_weights=args.base_weights, models_dir=args.models_dir)
+    reproduce(data=args.data, mnist=args.mnist, base_weights=args.base_weights, models_dir=args.models_dir,
+              only=args.only.split(",") if args.only else None)
 
 
 def cmd_demo_data(args) -> None:
@@ -211,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="DIR", help="cats_vs_dogs_small (train/validation/test)")
     p.add_argument("--mnist", metavar="NPZ", help="mnist.npz (default: keras.datasets.mnist)")
     p.add_argument("--base-weights", required=True, metavar="PATH|imagenet", help="MobileNetV2 alpha 0.35 ImageNet weights")
+    p.add_argument("--only", metavar="NAMES", help="comma-separated rungs to train (default: all, in order)")
     p.add_argument("--models-dir", default="models", metavar="DIR", help="(default: %(default)s)")
     p.set_defaults(func=cmd_reproduce)
 

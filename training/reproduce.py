@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import resolve
+from .errors import UserError
 from .export import export_line, export_model, file_records
 from .manifest import KERAS_FILE, read_manifest
 from .pipeline import print_summary
@@ -22,7 +23,7 @@ RUNGS = [
     ("cvd-augmented", "augmented", {}, 0.82),
     ("cvd-transfer-features", "transfer", {"transfer_mode": "features"}, 0.90),
     ("cvd-transfer", "transfer", {}, 0.96),
-    ("cvd-finetuned", "finetune", {}, 0.97),
+    ("cvd-finetuned", "finetune", {"image_size": (224, 224)}, 0.97),
     ("mnist", "mnist", {}, 0.993),
 ]
 FINETUNE_FROM = "cvd-transfer"
@@ -36,10 +37,17 @@ def _exported(model_dir: Path) -> bool:
     return "export" in manifest and recorded == file_records(model_dir, [KERAS_FILE])[KERAS_FILE]["sha256"]
 
 
-def reproduce(*, data: str, mnist: str | None, base_weights: str, models_dir: str | Path = "models") -> list[dict]:
+def reproduce(*, data: str, mnist: str | None, base_weights: str, models_dir: str | Path = "models",
+              only: list[str] | None = None) -> list[dict]:
+    """Train and export the rungs (`only`: these names alone); return their manifests."""
     models_dir = Path(models_dir)
+    unknown = set(only or []) - set(SEED_FIGURES)
+    if unknown:
+        raise UserError(f"unknown rungs {sorted(unknown)}: choose from {', '.join(SEED_FIGURES)}")
     manifests = []
     for name, recipe, options, _ in RUNGS:
+        if only and name not in only:
+            continue
         source = models_dir / FINETUNE_FROM if recipe == "finetune" else None
         rung_data = mnist if recipe == "mnist" else data
         extra = {"base_weights": base_weights} if recipe == "transfer" else {}
