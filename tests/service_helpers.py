@@ -208,6 +208,17 @@ class Server:
         self._log.close()
 
 
+@contextlib.contextmanager
+def serving(env: dict[str, str], log_path: Path, target: str = "service.service:ImageClassifier", cwd: Path = REPO):
+    """A ready server for the `with` block, stopped after it."""
+    server = Server(target, env, log_path, cwd)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
 def serve_env(bentoml_home: Path, **settings: str) -> dict[str, str]:
     """The environment of a test server: this interpreter's, quiet, offline, the given store and settings."""
     env = {k: v for k, v in os.environ.items() if not re.match(r"^(SERVICE_|REQUIRE_GPU$|BENTOML_)", k)}

@@ -21,7 +21,7 @@ import requests
 from packaging.requirements import Requirement
 
 from service.dependencies import serving_requirements
-from tests.service_helpers import GRAY_MODEL, JPEG_SAMPLE, REPO, RGB_MODEL, Server, register, serve_env
+from tests.service_helpers import GRAY_MODEL, JPEG_SAMPLE, REPO, RGB_MODEL, register, serve_env, serving
 
 DOCKERFILE = (REPO / "Dockerfile").read_text()
 
@@ -125,14 +125,10 @@ def test_the_unpacked_bento_serves_by_itself(bento, tmp_path):
     """No checkout, no model store: the bento's own code and models, its models served by default."""
     env = serve_env(tmp_path / "empty-home")
     env.pop("PYTHONPATH")
-    server = Server(str(bento), env, tmp_path / "server.log", cwd=tmp_path)
-    try:
-        server.wait_ready()
+    with serving(env, tmp_path / "server.log", target=str(bento), cwd=tmp_path) as server:
         listing = requests.get(server.url + "/models", timeout=10).json()
-        assert sorted(m["name"] for m in listing["models"]) == sorted([RGB_MODEL.name, GRAY_MODEL.name])
         response = requests.post(server.url + "/classify", files=[("images", ("a.jpg", JPEG_SAMPLE))],
                                  data={"model": RGB_MODEL.name}, timeout=60)
-        assert response.status_code == 200, response.text
-        assert response.json()[0]["label"] in RGB_MODEL.classes
-    finally:
-        server.stop()
+    assert sorted(m["name"] for m in listing["models"]) == sorted([RGB_MODEL.name, GRAY_MODEL.name])
+    assert response.status_code == 200, response.text
+    assert response.json()[0]["label"] in RGB_MODEL.classes

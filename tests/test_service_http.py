@@ -17,8 +17,8 @@ import requests
 import urllib3
 
 from service import imaging
-from tests.service_helpers import (GRAY_MODEL, JPEG_SAMPLE, RGB_MODEL, Server, batch_concurrently, encode,
-                                   metric_value, photo_like, png_bomb, register, serve_env)
+from tests.service_helpers import (GRAY_MODEL, JPEG_SAMPLE, RGB_MODEL, batch_concurrently, encode, metric_value,
+                                   photo_like, png_bomb, register, serve_env, serving)
 
 LIMITS = {
     "SERVICE_MAX_IMAGES_PER_REQUEST": "4",
@@ -37,12 +37,8 @@ def server(tmp_path_factory):
     register(GRAY_MODEL, home)
     env = serve_env(home, SERVICE_MODELS=f"{RGB_MODEL.name},{GRAY_MODEL.name}", SERVICE_DEFAULT_MODEL=RGB_MODEL.name,
                     SERVICE_WORKERS="2", **LIMITS)
-    running = Server("service.service:ImageClassifier", env, tmp_path_factory.mktemp("logs") / "server.log")
-    try:
-        running.wait_ready()
+    with serving(env, tmp_path_factory.mktemp("logs") / "server.log") as running:
         yield running
-    finally:
-        running.stop()
 
 
 def post(server, route: str, images=(("a.jpg", JPEG),), **fields) -> requests.Response:
@@ -260,15 +256,11 @@ def test_overload_is_a_503_to_retry_never_a_500(tmp_path):
     home = tmp_path / "home"
     register(RGB_MODEL, home)
     env = serve_env(home, SERVICE_MODELS=RGB_MODEL.name, SERVICE_MAX_LATENCY_MS="1")
-    server = Server("service.service:ImageClassifier", env, tmp_path / "server.log")
-    try:
-        server.wait_ready()
-        with ThreadPoolExecutor(32) as pool:
-            responses = list(pool.map(lambda i: post(server, "/classify", [("a.jpg", JPEG)] * 4), range(256)))
-        codes = {r.status_code for r in responses}
-        assert codes <= {200, 503} and 503 in codes, codes
-        shed = next(r for r in responses if r.status_code == 503)
-        assert shed.json()["detail"][0]["type"] == "overloaded" and shed.headers["Retry-After"] == "1"
-        assert "Traceback" not in server.log()
-    finally:
-        server.stop()
+    with serving(env, tmp_path / "server.log") as server, ThreadPoolExecutor(32) as pool:
+        responses = list(pool.map(lambda i: post(server, "/classify", [("a.jpg", JPEG)] * 4), range(256)))
+        log = server.log()
+    codes = {r.status_code for r in responses}
+    assert codes <= {200, 503} and 503 in codes, codes
+    shed = next(r for r in responses if r.status_code == 503)
+    assert shed.json()["detail"][0]["type"] == "overloaded" and shed.headers["Retry-After"] == "1"
+    assert "Traceback" not in log

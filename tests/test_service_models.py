@@ -16,7 +16,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.service_helpers import Server, batch_concurrently, encode, serve_env
+from tests.service_helpers import batch_concurrently, encode, serve_env, serving
 
 # Every model conftest.py exports: the service's default four, grayscale MNIST, two softmax models.
 MODELS = ["scratch", "augmented", "transfer", "finetuned", "mnist", "basenet", "transfer-features"]
@@ -27,12 +27,8 @@ def server(exported_models, tmp_path_factory):
     """The exported models, served from the BentoML home they were registered in, at those versions."""
     tags = [exported_models[name]["registered"][-1]["tag"] for name in MODELS]
     env = serve_env(Path(os.environ["BENTOML_HOME"]), SERVICE_MODELS=",".join(tags), SERVICE_MAX_IMAGES_PER_REQUEST="32")
-    running = Server("service.service:ImageClassifier", env, tmp_path_factory.mktemp("logs") / "server.log")
-    try:
-        running.wait_ready()
+    with serving(env, tmp_path_factory.mktemp("logs") / "server.log") as running:
         yield running
-    finally:
-        running.stop()
 
 
 def test_models_reports_each_manifest(server, exported_models):
