@@ -120,6 +120,18 @@ def test_features_are_the_models_embeddings(server):
     np.testing.assert_allclose(normalized, features[0] / np.linalg.norm(features[0]), atol=1e-5)
 
 
+def test_bentoml_python_client(server, tmp_path):
+    """The README's Python client: BentoML's own, which reads the service's schema."""
+    import bentoml
+
+    (tmp_path / "a.jpg").write_bytes(JPEG)
+    with bentoml.SyncHTTPClient(server.url) as client:
+        (answer,) = client.classify(images=[tmp_path / "a.jpg"], model=GRAY_MODEL.name, top_k=2)
+        (embedding,) = client.features(images=[tmp_path / "a.jpg"], normalize=True)
+    assert answer["model"] == GRAY_MODEL.name and len(answer["top_k"]) == 2
+    assert np.linalg.norm(embedding["embedding"]) == pytest.approx(1.0, abs=1e-5)
+
+
 def test_openapi_documents_every_endpoint_and_field(server):
     spec = requests.get(server.url + "/docs.json", timeout=10).json()
     paths = spec["paths"]
