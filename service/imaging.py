@@ -6,6 +6,7 @@ with `tf.image.resize(method="bilinear")`. Here, without TensorFlow:
 - JPEG is decoded by libjpeg-turbo through simplejpeg with the fast integer DCT and smooth chroma
   upsampling: TensorFlow's defaults, so the pixels are bit-identical (Pillow uses the accurate DCT,
   which differs by up to 4 levels). Grayscale is libjpeg's own (the luma channel), as in TensorFlow.
+  The rare CMYK JPEG goes to Pillow, within a few levels of TensorFlow.
 - Every other format is decoded by Pillow (first frame of a GIF; alpha dropped, not composited).
   Colour to grayscale uses libpng's integer weights, which TensorFlow's PNG decoder applies;
   16-bit samples keep their high byte, as libpng's strip_16 does.
