@@ -8,11 +8,14 @@ STAMP  := $(VENV)/.installed-stamp
 # Demo and test runs stay on the CPU and quiet unless asked otherwise.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help install demo test clean
+.PHONY: help install demo test serve bento image clean
 
 help:
 	@echo "make demo   - install, then train (and export, serve) on the built-in demo dataset"
 	@echo "make test   - install, then run the test suite"
+	@echo "make serve  - serve the registered models on http://localhost:3000 (SERVICE_MODELS=... picks them)"
+	@echo "make bento  - build a bento (service, serving requirements, models) with bentoml build"
+	@echo "make image  - the GPU Docker image of that bento (needs a Docker engine)"
 	@echo "make clean  - remove the virtual environment and generated demo outputs"
 
 $(STAMP): pyproject.toml
@@ -29,6 +32,17 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+serve: $(STAMP)
+	$(BIN)/bentoml serve service.service:ImageClassifier
+
+bento: $(STAMP)
+	$(BIN)/python -m service.dependencies build/requirements-serve.txt
+	$(BIN)/bentoml build
+
+image: bento
+	$(BIN)/bentoml export image_classifier:latest build/bento.tar
+	docker build -t convnet-serving:gpu .
 
 clean:
 	rm -rf $(VENV) data/demo models/demo-*

@@ -190,3 +190,11 @@ def test_bentoml_serve_stops_at_once_with_one_line(tmp_path):
         output = (result.stdout + result.stderr).strip().splitlines()
         assert output[-1].startswith("error: cannot start: ") and names in output[-1], output
         assert not any("Traceback" in line for line in output)
+
+
+def test_readme_documents_every_setting():
+    from service.settings import VARIABLES
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for name, (default, _) in VARIABLES.items():
+        assert f"`{name}`" in readme, name
