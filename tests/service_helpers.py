@@ -1,5 +1,6 @@
 """Test helpers for the service: hand-built ONNX models that honour the package contract, a model
-store to put them in, a real `bentoml serve` in a subprocess, and image files to send it.
+store to put them in, and image files to send a real `bentoml serve` (loadtests/servers.py runs it;
+the benchmark uses the same code).
 
 The hand-built models (onnx.helper, no TensorFlow) let the service tests run before and besides
 the real trained models: features = the mean of each channel over the image (ReduceMean over
@@ -8,18 +9,9 @@ H and W of the 0-255 input scaled to 0-1), probabilities = Softmax(features @ W 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
-import os
-import re
-import signal
-import socket
 import struct
-import subprocess
-import sys
-import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import requests
-from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
+from loadtests.images import encode, photo_like
+from loadtests.servers import Server, adaptive_batches
 
 
 # --- hand-built models ------------------------------------------------------------------------------
@@ -130,21 +122,6 @@ def register(model: TinyModel, bentoml_home: Path, *, onnx: bytes | None = None,
 # --- images ----------------------------------------------------------------------------------------
 
 
-def photo_like(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """A smooth, noisy RGB uint8 image: content a JPEG encoder and a resize both have work with."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width]
-    channels = [127 + 110 * np.sin(x / (5.0 + 3 * k) + k) * np.cos(y / (4.0 + 2 * k) + 2 * k) for k in range(3)]
-    return np.clip(np.stack(channels, -1) + rng.normal(0, 12, (height, width, 3)), 0, 255).astype(np.uint8)
-
-
-def encode(pixels: np.ndarray | Image.Image, fmt: str, **options) -> bytes:
-    image = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **options)
-    return buffer.getvalue()
-
-
 JPEG_SAMPLE = encode(photo_like(60, 80), "JPEG", quality=90)
 
 
@@ -160,89 +137,7 @@ def png_bomb(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
 
 
-# --- a real server -----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`bentoml serve` in a subprocess; its output goes to a log file the tests can read."""
-
-    def __init__(self, target: str, env: dict[str, str], log_path: Path, cwd: Path = REPO) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self._log = log_path.open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"bentoml serve exited with {self.process.returncode}:\n{self.log()[-5000:]}")
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"bentoml serve not ready after {timeout} s:\n{self.log()[-5000:]}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self._log.close()
-
-
-@contextlib.contextmanager
-def serving(env: dict[str, str], log_path: Path, target: str = "service.service:ImageClassifier", cwd: Path = REPO):
-    """A ready server for the `with` block, stopped after it."""
-    server = Server(target, env, log_path, cwd)
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()
-
-
-def serve_env(bentoml_home: Path, **settings: str) -> dict[str, str]:
-    """The environment of a test server: this interpreter's, quiet, offline, the given store and settings."""
-    env = {k: v for k, v in os.environ.items() if not re.match(r"^(SERVICE_|REQUIRE_GPU$|BENTOML_)", k)}
-    env.update(BENTOML_HOME=str(bentoml_home), BENTOML_DO_NOT_TRACK="True", PYTHONPATH=str(REPO), **settings)
-    return env
-
-
-def metric_value(text: str, name: str, **labels: str) -> float:
-    """The sum of the samples of `name` whose labels include `labels`, in Prometheus text format."""
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        sample_labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0] if "{" not in line else line[: line.rindex("}")]))
-        if all(sample_labels.get(k) == v for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-def adaptive_batches(metrics: str, model: str) -> tuple[float, float]:
-    """(calls, images) of the model's batchable API in BentoML's adaptive_batch_size histogram."""
-    method = "infer_" + re.sub(r"[^a-z0-9_]", "_", model)
-    return (metric_value(metrics, "bentoml_service_adaptive_batch_size_count", method_name=method),
-            metric_value(metrics, "bentoml_service_adaptive_batch_size_sum", method_name=method))
+# --- a real server ---------------------------------------------------------------------------------
 
 
 def batch_concurrently(server: Server, models: list[str], image: bytes, rounds: int = 6):

@@ -21,7 +21,8 @@ import requests
 from packaging.requirements import Requirement
 
 from service.dependencies import serving_requirements
-from tests.service_helpers import GRAY_MODEL, JPEG_SAMPLE, REPO, RGB_MODEL, register, serve_env, serving
+from loadtests.servers import REPO, serve_env, serving
+from tests.service_helpers import GRAY_MODEL, JPEG_SAMPLE, RGB_MODEL, register
 
 DOCKERFILE = (REPO / "Dockerfile").read_text()
 

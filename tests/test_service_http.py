@@ -17,8 +17,9 @@ import requests
 import urllib3
 
 from service import imaging
-from tests.service_helpers import (GRAY_MODEL, JPEG_SAMPLE, RGB_MODEL, batch_concurrently, encode, metric_value,
-                                   photo_like, png_bomb, register, serve_env, serving)
+from loadtests.images import encode, photo_like
+from loadtests.servers import metric_value, serve_env, serving
+from tests.service_helpers import GRAY_MODEL, JPEG_SAMPLE, RGB_MODEL, batch_concurrently, png_bomb, register
 
 LIMITS = {
     "SERVICE_MAX_IMAGES_PER_REQUEST": "4",

@@ -16,7 +16,8 @@ from PIL import Image, ImageOps
 from service import imaging
 from service.errors import Reason, Rejection
 from service.imaging import InputSpec
-from tests.service_helpers import encode, photo_like, png_bomb
+from loadtests.images import encode, photo_like
+from tests.service_helpers import png_bomb
 
 tf = pytest.importorskip("tensorflow")
 

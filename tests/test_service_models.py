@@ -16,7 +16,9 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.service_helpers import batch_concurrently, encode, serve_env, serving
+from loadtests.images import encode
+from loadtests.servers import serve_env, serving
+from tests.service_helpers import batch_concurrently
 
 # Every model conftest.py exports: the service's default four, grayscale MNIST, two softmax models.
 MODELS = ["scratch", "augmented", "transfer", "finetuned", "mnist", "basenet", "transfer-features"]

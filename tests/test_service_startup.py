@@ -18,7 +18,8 @@ import pytest
 from service import engine, registry, settings
 from service.registry import ModelError
 from service.settings import ModelRef, SettingsError
-from tests.service_helpers import REPO, RGB_MODEL, register, serve_env
+from loadtests.servers import REPO, serve_env
+from tests.service_helpers import RGB_MODEL, register
 
 # --- settings -----------------------------------------------------------------------------------------
 
