@@ -82,6 +82,14 @@ def test_exif_orientation_is_pillows(orientation):
     np.testing.assert_array_equal(imaging.decode(data, 3, max_pixels=NO_LIMIT), expected)
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("size", [(24, 32), (70, 9)])
+def test_resize_of_stored_pixels_with_an_orientation_is_tensorflows_resize_of_the_turned_image(orientation, size):
+    stored = np.random.default_rng(orientation).integers(0, 256, (45, 61, 3), dtype=np.uint8)
+    expected = tf.image.resize(imaging.orient(stored, orientation), size, method="bilinear").numpy()
+    np.testing.assert_array_equal(imaging.resize_bilinear(stored, *size, orientation), expected)
+
+
 @pytest.mark.parametrize("orientation", [3, 6, 8])
 def test_jpeg_orientation_applied_to_tensorflows_pixels(orientation):
     data = with_orientation(photo_like(30, 50), orientation, "JPEG")
