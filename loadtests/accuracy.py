@@ -1,0 +1,212 @@
+"""Accuracy through the service: every test image over HTTP, against the offline evaluation.
+
+    python -m loadtests.accuracy --data DIR --mnist mnist.npz [--models-dir models] [--report docs/results.md]
+
+Serves the reproduction's models (`python -m training reproduce`) with `bentoml serve`, sends every
+test image of each model's dataset to POST /classify (16 images a request, a few requests at a
+time), and compares the accuracy and confusion matrix with the model's offline evaluation
+(evaluation.json, computed by Keras on the same files). They must agree to within 0.2 percentage
+points; a larger difference is a bug. The figures and the training records of the manifests go
+into the results table of docs/results.md (between its markers; the rest of the page is prose
+kept as it is) and docs/results/results.json. No TensorFlow here: MNIST digits are sent as PNG files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import shutil
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import requests
+from PIL import Image
+
+from loadtests.servers import serve_env, serving
+
+# name, what the seed documents call the rung, their figure
+RUNGS = [
+    ("cvd-scratch", "convnet from scratch", 0.72),
+    ("cvd-augmented", "from scratch, with data augmentation", 0.82),
+    ("cvd-transfer-features", "feature extraction, no augmentation", 0.90),
+    ("cvd-transfer", "feature extraction, with augmentation", 0.96),
+    ("cvd-finetuned", "fine-tuning", 0.97),
+    ("mnist", "MNIST convnet", 0.993),
+]
+TOLERANCE_PP = 0.2
+CHUNK = 16
+CONCURRENCY = 4
+MARK_START, MARK_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def folder_images(root: Path, classes: list[str]) -> list[tuple[str, bytes]]:
+    """(true label, file bytes) of every test image, in the order training reads them."""
+    items = []
+    for label in classes:
+        for path in sorted((root / "test" / label).rglob("*")):
+            if path.is_file() and not path.name.startswith("."):
+                items.append((label, path.read_bytes()))
+    return items
+
+
+def mnist_images(npz: Path) -> list[tuple[str, bytes]]:
+    with np.load(npz) as data:
+        x, y = data["x_test"], data["y_test"]
+    items = []
+    for pixels, label in zip(x, y):
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, "PNG")
+        items.append((str(int(label)), buffer.getvalue()))
+    return items
+
+
+def classify_all(url: str, model: str, items: list[tuple[str, bytes]]) -> tuple[list[str], int]:
+    """Predicted labels of every item (in order) and the number of failed requests."""
+    chunks = [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
+
+    def send(chunk):
+        files = [("images", (f"{i}.img", data)) for i, (_, data) in enumerate(chunk)]
+        try:
+            response = requests.post(f"{url}/classify", files=files, data={"model": model}, timeout=300)
+        except requests.RequestException:
+            return None
+        return [answer["label"] for answer in response.json()] if response.status_code == 200 else None
+
+    with ThreadPoolExecutor(CONCURRENCY) as pool:
+        answers = list(pool.map(send, chunks))
+    predicted, failures = [], 0
+    for chunk, labels in zip(chunks, answers):
+        if labels is None:
+            failures += 1
+            labels = [None] * len(chunk)
+        predicted.extend(labels)
+    return predicted, failures
+
+
+def confusion(true: list[str], predicted: list[str | None], classes: list[str]) -> list[list[int]]:
+    index = {label: i for i, label in enumerate(classes)}
+    matrix = np.zeros((len(classes), len(classes)), dtype=int)
+    for t, p in zip(true, predicted):
+        if p is not None:
+            matrix[index[t], index[p]] += 1
+    return matrix.tolist()
+
+
+def measure(models_dir: Path, data: Path, mnist: Path | None, names: list[str], bentoml_home: str | None,
+            log_dir: Path) -> list[dict]:
+    manifests = {name: json.loads((models_dir / name / "manifest.json").read_text()) for name in names}
+    env = serve_env(Path(bentoml_home) if bentoml_home else None,
+                    SERVICE_MODELS=",".join(names), SERVICE_DEFAULT_MODEL=names[0],
+                    SERVICE_MAX_IMAGES_PER_REQUEST=str(CHUNK))
+    results = []
+    with serving(env, log_dir / "accuracy-server.log") as server:
+        served = {m["name"]: m for m in requests.get(f"{server.url}/models", timeout=30).json()["models"]}
+        for name in names:
+            manifest = manifests[name]
+            if manifest["dataset"]["kind"] == "mnist":
+                if mnist is None:
+                    print(f"{name}: skipped (no --mnist)")
+                    continue
+                items = mnist_images(mnist)
+            else:
+                items = folder_images(data, manifest["classes"])
+            true = [label for label, _ in items]
+            predicted, failures = classify_all(server.url, name, items)
+            evaluation = json.loads((models_dir / name / "evaluation.json").read_text())
+            served_accuracy = float(np.mean([t == p for t, p in zip(true, predicted)]))
+            matrix = confusion(true, predicted, manifest["classes"])
+            results.append({
+                "name": name, "version": served[name]["version"], "images": len(items), "failed_requests": failures,
+                "service_accuracy": served_accuracy, "offline_accuracy": evaluation["accuracy"],
+                "difference_pp": 100 * (served_accuracy - evaluation["accuracy"]),
+                "service_confusion_matrix": matrix, "offline_confusion_matrix": evaluation["confusion_matrix"],
+                "manifest": manifest,
+            })
+            print(f"{name}: {len(items)} images, through the service {served_accuracy:.2%}, "
+                  f"offline {evaluation['accuracy']:.2%}, failed requests {failures}")
+    return results
+
+
+def _row(result: dict, seed_names: dict) -> str:
+    m = result["manifest"]
+    base = m.get("base")
+    base_text = "none" if not base else f"MobileNetV2 {base['alpha']:g} ({base['weights']})" if base["architecture"] == "mobilenet_v2" else base["architecture"]
+    if base and base.get("unfrozen_layers"):
+        base_text += f", last {base['unfrozen_layers']} layers unfrozen"
+    what, seed = seed_names[result["name"]]
+    t, p = m["training"], m["parameters"]
+    parity = m.get("export", {}).get("parity", {}).get("max_abs_diff_probabilities")
+    parity_text = f"{parity:.1e}" if parity is not None else "not exported"
+    agree = "agrees" if abs(result["difference_pp"]) <= TOLERANCE_PP and result["failed_requests"] == 0 else "**DISAGREES**"
+    if result["service_confusion_matrix"] == result["offline_confusion_matrix"]:
+        agree += ", same confusion matrix"
+    return (f"| {what} (`{result['name']}`) | {seed:.1%} | **{result['offline_accuracy']:.2%}** | {result['service_accuracy']:.2%} "
+            f"({result['difference_pp']:+.2f} pp, {agree}) | {t['epochs_run']} (best {t['best_epoch']}) | {t['seconds'] / 60:.1f} min "
+            f"| {p['total']:,} / {p['trainable']:,} | {base_text} | {parity_text} |")
+
+
+def write_report(results: list[dict], report: Path) -> None:
+    seed_names = {name: (what, seed) for name, what, seed in RUNGS}
+    figures = report.parent / "results"
+    figures.mkdir(parents=True, exist_ok=True)
+    lines = [
+        MARK_START,
+        "| rung | seed documents | our test accuracy (offline, Keras) | through the HTTP service | epochs | training time "
+        "| parameters (total / trainable) | base | ONNX parity, max abs diff |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    lines += [_row(r, seed_names) for r in results]
+    lines.append("")
+    lines.append("Training and validation curves (accuracy, loss; the dotted line marks the epoch kept):")
+    lines.append("")
+    for r in results:
+        source = Path(r["model_dir"]) / "curves.png"
+        if source.is_file():
+            target = figures / f"{r['name']}-curves.png"
+            with Image.open(source) as img:
+                img.convert("RGB").resize((img.width // 2, img.height // 2), Image.LANCZOS).save(target, optimize=True)
+            lines.append(f"![{r['name']}](results/{target.name})")
+    lines.append(MARK_END)
+    block = "\n".join(lines)
+    text = report.read_text() if report.is_file() else f"# Results\n\n{MARK_START}\n{MARK_END}\n"
+    head, _, rest = text.partition(MARK_START)
+    _, _, tail = rest.partition(MARK_END)
+    report.write_text(head + block + tail)
+    raw = [{k: v for k, v in r.items() if k != "manifest"} | {"training": r["manifest"]["training"],
+                                                              "parameters": r["manifest"]["parameters"]} for r in results]
+    (figures / "results.json").write_text(json.dumps(raw, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.accuracy", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, type=Path, help="cats_vs_dogs_small (its test/ split is sent)")
+    parser.add_argument("--mnist", type=Path, help="mnist.npz (its test split is sent)")
+    parser.add_argument("--models-dir", type=Path, default=Path("models"), help="(default: %(default)s)")
+    parser.add_argument("--models", default=",".join(name for name, _, _ in RUNGS), help="(default: %(default)s)")
+    parser.add_argument("--report", type=Path, default=Path("docs/results.md"), help="(default: %(default)s)")
+    parser.add_argument("--bentoml-home", help="model store (default: BENTOML_HOME or ~/bentoml)")
+    args = parser.parse_args(argv)
+    names = args.models.split(",")
+    missing = [n for n in names if not (args.models_dir / n / "manifest.json").is_file()]
+    if missing:
+        print(f"error: not trained yet: {', '.join(missing)} (run python -m training reproduce first)", file=sys.stderr)
+        return 2
+    log_dir = Path(tempfile.mkdtemp(prefix="accuracy-"))
+    try:
+        results = measure(args.models_dir, args.data, args.mnist, names, args.bentoml_home, log_dir)
+    finally:
+        shutil.rmtree(log_dir, ignore_errors=True)
+    for r in results:
+        r["model_dir"] = str(args.models_dir / r["name"])
+    write_report(results, args.report)
+    bad = [r["name"] for r in results if abs(r["difference_pp"]) > TOLERANCE_PP or r["failed_requests"]]
+    print(f"report written to {args.report}" + (f"; service and offline disagree for {', '.join(bad)}" if bad else ""))
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
