@@ -35,6 +35,7 @@ from . import engine, imaging, metrics, registry, settings
 from .errors import Reason, Rejection
 from .registry import ModelError, ModelPackage
 from .requests import ClassifyInput, FeaturesInput, ImagesInput, RequestGuard
+from .responses import fix_media_types
 from .settings import SettingsError
 
 log = logging.getLogger("bentoml.image_classifier")
@@ -132,6 +133,11 @@ Inference = bentoml.service(
     # 100 calls, closing it under calls still in flight (BentoML 1.4.30+, proxy2.SessionManager):
     # those fail with "Server disconnected". A local socket needs no rotation.
     runner_connection={"max_requests": 2**62, "max_age": 10.0**12},
+    # Its callers are the public service's workers: their requests are logged and traced there.
+    # An access log line and a tracing span for each internal call cost 10% of this process's
+    # busy time (py-spy, docs/benchmarks.md); BentoML's metrics still count the calls.
+    logging={"access": {"enabled": False}},
+    tracing={"excluded_urls": [f"/{api_name(name)}" for name in PACKAGES]},
 )(_Inference)
 
 
@@ -286,3 +292,4 @@ class ImageClassifier:
 
 
 ImageClassifier.add_asgi_middleware(RequestGuard, routes=("/classify", "/features"), max_body_bytes=SETTINGS.max_body_bytes)
+fix_media_types(ImageClassifier, Inference)
