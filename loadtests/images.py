@@ -61,7 +61,7 @@ def read_files(paths: list[Path]) -> list[tuple[str, bytes]]:
 def make_phone_photos(sources: list[Path], folder: Path, *, size: tuple[int, int] = PHONE_SIZE, seed: int = 0,
                       progress=None) -> list[Path]:
     """One 12-megapixel JPEG per source image in `folder`: upscaled (bicubic), with a little sensor-like
-    noise so that the file has the detail (and the size, 2-5 MB) of a real photo, saved at quality 90.
+    noise so that the file has the detail (and the size, about 2 MB) of a real photo, saved at quality 90.
     Every other one is stored sideways with EXIF orientation 6, as a phone held upright writes it,
     so the service also pays for applying the orientation. Existing files are reused."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -74,7 +74,7 @@ def make_phone_photos(sources: list[Path], folder: Path, *, size: tuple[int, int
                 upright = index % 2 == 1
                 width, height = (size[1], size[0]) if upright else size
                 big = np.asarray(image.convert("RGB").resize((width, height), Image.BICUBIC), dtype=np.int16)
-            noisy = np.clip(big + rng.normal(0, 3, big.shape).astype(np.int16), 0, 255).astype(np.uint8)
+            noisy = np.clip(big + rng.normal(0, 6, big.shape).astype(np.int16), 0, 255).astype(np.uint8)
             exif = Image.Exif()
             if upright:
                 # The sensor's rows as the file stores them; the viewer turns them upright (orientation 6).

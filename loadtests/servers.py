@@ -123,7 +123,7 @@ def serve_env(bentoml_home: Path | None = None, **settings: str) -> dict[str, st
         env["BENTOML_HOME"] = str(bentoml_home)
     elif "BENTOML_HOME" in os.environ:
         env["BENTOML_HOME"] = os.environ["BENTOML_HOME"]
-    env.update(BENTOML_DO_NOT_TRACK="True", PYTHONPATH=str(REPO), **settings)
+    env.update({"BENTOML_DO_NOT_TRACK": "True", "PYTHONPATH": str(REPO), **settings})
     return env
 
 
