@@ -1,0 +1,353 @@
+"""python -m loadtests.bench: the service against the raw engine, decoding, the framework floor and a
+naive Keras server, for one model and one set of image files, measured side by side in one run.
+
+  1. engine    ONNX Runtime alone (service.engine) on preprocessed tensors, batch 1, 2, 4 ... 64
+  2. decode    service.imaging.preprocess on the same files: one thread, then a thread per core
+  3. floor     loadtests/floor_service.py: the same upload through BentoML, a constant answer
+  4. service   `bentoml serve service.service:ImageClassifier` at each concurrency, with 1 and with
+               16 images per request: images/s, latency percentiles, errors, mean batch size
+  5. naive     loadtests/naive_server.py: Keras model.predict, one image per request
+The ceiling for each level is 1 / (1/engine + 1/decode + 1/floor): the three share the cores.
+Every server is started, warmed up and stopped here, one at a time. The report (Markdown, JSON,
+plots, server logs) goes to --out. See docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from service import imaging, registry, settings
+from service.registry import ModelError, ModelPackage
+from service.settings import SettingsError
+
+from . import components, images, loadgen, machine, report
+from .servers import REPO, SERVICE, Server, inference_api, metric_value, serve_env
+
+FLOOR = "loadtests.floor_service:Floor"
+STAGES = ("engine", "decode", "floor", "service", "naive")
+
+
+class BenchError(Exception):
+    """A user mistake or an unusable setup; the message is one line."""
+
+
+@dataclass
+class Plan:
+    args: argparse.Namespace
+    model: settings.ModelRef
+    package: ModelPackage
+    config: settings.Settings  # the service's settings for this run
+    env: dict[str, str]  # the servers' environment
+    files: list[Path]
+    images_label: str
+    out: Path
+    notes: list[str] = field(default_factory=list)
+    cleanup: list[tempfile.TemporaryDirectory] = field(default_factory=list)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.bench", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.split("\n")[2:]))
+    default_model = settings.VARIABLES["SERVICE_DEFAULT_MODEL"][0]
+    parser.add_argument("--model", default=default_model,
+                        help=f"model in the BentoML store, NAME or NAME:VERSION (default: {default_model}, the service's default)")
+    parser.add_argument("--images", type=Path,
+                        help="folder of image files, searched recursively (default: 32 generated JPEGs, offline)")
+    parser.add_argument("--limit", type=int, default=64, help="use at most this many files, spread over the folder (default: 64)")
+    parser.add_argument("--phone-photos", type=int, metavar="N",
+                        help="make N 12-megapixel JPEGs by upscaling --images files (in --phone-dir) and send those instead")
+    parser.add_argument("--phone-dir", type=Path,
+                        help="where the phone-sized photos are made and kept for later runs (default: a temporary folder, removed)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64], help="client concurrency levels")
+    parser.add_argument("--images-per-request", type=int, nargs="+", default=[1, 16], help="images in each request")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64], help="engine batch sizes")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up before each level (default: 2)")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds measured at each level (default: 5)")
+    parser.add_argument("--min-requests", type=int, default=50,
+                        help="extend a level's window until this many answers, up to --max-window (default: 50)")
+    parser.add_argument("--max-window", type=float, default=30.0, help="longest measurement window of a level, seconds (default: 30)")
+    parser.add_argument("--set", action="append", default=[], metavar="SERVICE_X=VALUE",
+                        help="a service setting for the floor and the service (repeatable), e.g. SERVICE_MAX_BATCH_SIZE=16")
+    parser.add_argument("--keras-model", type=Path,
+                        help="the trained model folder (model.keras) for the naive server (default: models/NAME)")
+    parser.add_argument("--skip", action="append", default=[], choices=STAGES, help="leave a stage out (repeatable)")
+    parser.add_argument("--out", type=Path, help="report folder (default: reports/bench-MODEL-IMAGES-TIME)")
+    args = parser.parse_args(argv)
+    for name in ("limit", "phone_photos", "min_requests"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if min(args.concurrency + args.images_per_request + args.batch_sizes) < 1:
+        parser.error("concurrency levels, images per request and batch sizes must be at least 1")
+    if args.duration <= 0 or args.warmup < 0:
+        parser.error("--duration must be positive and --warmup not negative")
+    return args
+
+
+def prepare(args: argparse.Namespace) -> Plan:
+    """Check everything the run needs before starting anything; make the images."""
+    service_settings = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or key not in settings.VARIABLES:
+            raise BenchError(f"--set {item!r}: expected SERVICE_X=VALUE with one of {', '.join(settings.VARIABLES)}")
+        service_settings[key] = value
+    try:
+        model = settings.load({"SERVICE_MODELS": args.model}).models[0]
+    except SettingsError as err:
+        raise BenchError(f"--model: {err}") from None
+    for reserved in ("SERVICE_MODELS", "SERVICE_DEFAULT_MODEL"):
+        if reserved in service_settings:
+            raise BenchError(f"--set {reserved}: the benchmark serves --model alone")
+    service_settings.update(SERVICE_MODELS=args.model, SERVICE_DEFAULT_MODEL=model.name)
+    try:
+        config = settings.load(service_settings)
+        package = registry.open_package(model)
+    except (SettingsError, ModelError) as err:
+        raise BenchError(str(err)) from None
+
+    cleanup: list[tempfile.TemporaryDirectory] = []
+    if args.images is not None:
+        try:
+            files = images.image_files(args.images, args.limit)
+        except images.ImagesError as err:
+            raise BenchError(f"--images: {err}") from None
+        label = args.images.name
+    else:
+        if args.phone_photos:
+            raise BenchError("--phone-photos needs --images: the real photos to upscale")
+        generated = tempfile.TemporaryDirectory(prefix="bench-images-")
+        cleanup.append(generated)
+        for name, data in images.generated_jpegs(min(args.limit, 32)):
+            Path(generated.name, name).write_bytes(data)
+        files = images.image_files(Path(generated.name))
+        label = "generated"
+    if args.phone_photos:
+        if args.phone_dir is None:
+            phone = tempfile.TemporaryDirectory(prefix="bench-phone-")
+            cleanup.append(phone)
+            phone_dir = Path(phone.name)
+        else:
+            phone_dir = args.phone_dir
+        sources = images.image_files(args.images, args.phone_photos)
+        _progress(f"making {len(sources)} phone-sized photos in {phone_dir}")
+        files = images.make_phone_photos(sources, phone_dir)
+        label = f"{label}-phone"
+
+    notes = []
+    largest = max(args.images_per_request) * max(f.stat().st_size for f in files) + 64 * 1024
+    if largest > config.max_body_bytes and "SERVICE_MAX_BODY_BYTES" not in service_settings:
+        limit = -(-largest // 2**20) * 2**20
+        service_settings["SERVICE_MAX_BODY_BYTES"] = str(limit)
+        config = settings.load(service_settings)
+        notes.append(f"SERVICE_MAX_BODY_BYTES raised to {limit} ({limit >> 20} MiB) for the largest request "
+                     f"({max(args.images_per_request)} images) of this run")
+    if max(args.images_per_request) > config.max_images_per_request:
+        raise BenchError(f"--images-per-request {max(args.images_per_request)} is more than SERVICE_MAX_IMAGES_PER_REQUEST "
+                         f"({config.max_images_per_request}); --set SERVICE_MAX_IMAGES_PER_REQUEST=N")
+    if "naive" not in args.skip:
+        keras_dir = args.keras_model or REPO / "models" / model.name
+        if not (keras_dir / "model.keras").is_file():
+            raise BenchError(f"the naive baseline needs the trained Keras model: {keras_dir} has no model.keras; "
+                             f"pass --keras-model DIR or --skip naive")
+        args.keras_model = keras_dir
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = args.out or REPO / "reports" / f"bench-{model.name}-{label}-{stamp}"
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    env = serve_env(**service_settings)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    return Plan(args, model, package, config, env, files, label, out, notes, cleanup)
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+_START = time.monotonic()
+
+
+def _progress(message: str) -> None:
+    print(f"[{time.monotonic() - _START:6.0f} s] {message}", flush=True)
+
+
+def _levels(plan: Plan, server: Server, stage: str, images_per_request: list[int], *, with_metrics: bool) -> list[dict]:
+    """Every (images per request, concurrency) level against `server`'s /classify."""
+    files = images.read_files(plan.files)
+    args = plan.args
+    results = []
+    for per_request in images_per_request:
+        bodies = loadgen.request_bodies(files, per_request, {"model": plan.model.name})
+
+        def snapshot():
+            return {"cpu": server.cpu_seconds(), "metrics": server.metrics() if with_metrics else ""}
+
+        # Warm the server (and BentoML's batcher, which learns the model's latency) before the first level.
+        loadgen.run_level(server.url + "/classify", bodies, 4, warmup_s=0, duration_s=1.0, timeout_s=_timeout(plan))
+        for concurrency in args.concurrency:
+            level = loadgen.run_level(server.url + "/classify", bodies, concurrency, warmup_s=args.warmup,
+                                      duration_s=args.duration, min_requests=args.min_requests,
+                                      max_window_s=args.max_window, timeout_s=_timeout(plan), snapshot=snapshot)
+            summary = level.summary()
+            before, after = level.snapshots
+            summary["server_cpu_ms_per_request"] = {
+                role: 1000 * (after["cpu"].get(role, 0.0) - before["cpu"].get(role, 0.0)) / max(1, summary["requests"])
+                for role in after["cpu"] if role != "supervisor" or after["cpu"][role] > before["cpu"].get(role, 0.0)
+            }
+            if with_metrics:
+                summary["server"] = _metric_deltas(before["metrics"], after["metrics"], plan.model.name, summary["requests"])
+            summary["answer_ok"] = _answer_ok(level.first_answer, per_request)
+            results.append(summary)
+            _progress(f"{stage:8s} {concurrency:3d} clients x {per_request:2d} images: {summary['images_per_s']:7.1f} images/s, "
+                      f"p50 {_ms(summary['latency_ms']['p50'])}, p99 {_ms(summary['latency_ms']['p99'])}, "
+                      f"{summary['errors']} errors" + (f", mean batch {summary['server']['mean_batch']:.1f}"
+                                                       if with_metrics and summary["server"]["mean_batch"] else ""))
+    return results
+
+
+def _timeout(plan: Plan) -> float:
+    return float(max(60, plan.config.timeout_s + 30))
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
+def _answer_ok(answer: object, images_per_request: int) -> bool | None:
+    """Whether the first answer of a level is a list of one classification per image."""
+    if answer is None:
+        return None
+    return isinstance(answer, list) and len(answer) == images_per_request and all(
+        isinstance(entry, dict) and "label" in entry for entry in answer)
+
+
+def _metric_deltas(before: str, after: str, model: str, requests: int) -> dict:
+    """What the service's /metrics say about the window: batches, and where a request's time went."""
+    def delta(name: str, **labels: str) -> float:
+        return metric_value(after, name, **labels) - metric_value(before, name, **labels)
+
+    batches = delta("imgcls_batch_size_images_count", model=model)
+    images_in_batches = delta("imgcls_batch_size_images_sum", model=model)
+    public_calls = delta("bentoml_service_request_duration_seconds_count", endpoint="/classify")
+    hop_calls = delta("bentoml_service_request_duration_seconds_count", endpoint="/" + inference_api(model))
+    per_request = max(1, requests)
+    return {
+        "batches": batches,
+        "mean_batch": images_in_batches / batches if batches else None,
+        "ort_ms_per_batch": 1000 * delta("imgcls_inference_duration_seconds_sum", model=model) / batches if batches else None,
+        "decode_ms_per_request": 1000 * delta("imgcls_preprocess_duration_seconds_sum", model=model) / per_request,
+        "public_ms_per_request": 1000 * delta("bentoml_service_request_duration_seconds_sum", endpoint="/classify") / public_calls
+        if public_calls else None,
+        "inference_call_ms": 1000 * delta("bentoml_service_request_duration_seconds_sum", endpoint="/" + inference_api(model)) / hop_calls
+        if hop_calls else None,
+        "inference_calls_per_request": hop_calls / per_request,
+    }
+
+
+def _serve(plan: Plan, name: str, command: list[str] | None = None, target: str | None = None) -> Server:
+    log = plan.out / "logs" / f"{name}.log"
+    server = Server(command, plan.env, log) if command else Server.bentoml(target, plan.env, log)
+    try:
+        server.wait_ready(300)
+    except RuntimeError as err:
+        raise BenchError(f"the {name} server did not start; see {log}: {str(err).splitlines()[0]}") from None
+    return server
+
+
+def run(plan: Plan) -> dict:
+    args = plan.args
+    results: dict = {
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": "python -m loadtests.bench " + shlex.join(sys.argv[1:]),
+        "machine": machine.describe(),
+        "activity_before": machine.activity(),
+        "model": {"tag": f"{plan.package.name}:{plan.package.version}", **plan.package.summary(),
+                  "base": plan.package.manifest.get("base")},
+        "images": _describe_images(plan),
+        "settings": {name: getattr(plan.config, name) for name in
+                     ("max_batch_size", "max_latency_ms", "workers", "inference_threads", "jpeg_reduce",
+                      "max_images_per_request", "max_body_bytes", "timeout_s")},
+        "protocol": {"concurrency": args.concurrency, "images_per_request": args.images_per_request,
+                     "warmup_s": args.warmup, "duration_s": args.duration, "min_requests": args.min_requests,
+                     "max_window_s": args.max_window},
+        "notes": plan.notes,
+    }
+    for note in plan.notes:
+        _progress(f"note: {note}")
+    cores = settings.cpu_count()
+    if "decode" not in args.skip:
+        _progress(f"decode   {len(plan.files)} files, 1 thread then {cores}")
+        results["decode"] = components.measure_decode(plan.files, plan.package, plan.config, threads=cores)
+        d = results["decode"]
+        _progress(f"decode   {d['latency_ms']['p50']:.2f} ms per image (p50), {d['images_per_s']:.0f} images/s on {cores} threads")
+    if "engine" not in args.skip:
+        tensors = np.stack([imaging.preprocess(path.read_bytes(), plan.package.input, max_pixels=plan.config.max_image_pixels,
+                                               jpeg_reduce=plan.config.jpeg_reduce) for path in plan.files[:64]])
+        results["engine"] = components.measure_engine(plan.package, tensors, sorted(set(args.batch_sizes)),
+                                                      threads=plan.config.inference_threads)
+        for batch in results["engine"]["batches"]:
+            _progress(f"engine   batch {batch['batch_size']:3d}: {batch['images_per_s']:7.1f} images/s, "
+                      f"{batch['latency_ms']['p50']:.1f} ms per batch ({results['engine']['provider']})")
+    stages = [("floor", dict(target=FLOOR), args.images_per_request, False),
+              ("service", dict(target=SERVICE), args.images_per_request, True),
+              ("naive", dict(command=[sys.executable, "-m", "loadtests.naive_server", "--model-dir", str(args.keras_model)]),
+               [1], False)]
+    for name, how, per_request, with_metrics in stages:
+        if name in args.skip:
+            continue
+        _progress(f"{name:8s} starting")
+        server = _serve(plan, name, **how)
+        try:
+            results[name] = {"levels": _levels(plan, server, name, per_request, with_metrics=with_metrics)}
+        finally:
+            server.stop()
+    results["ceiling"] = report.ceilings(results)
+    results["targets"] = report.targets(results)
+    results["activity_after"] = machine.activity()
+    return results
+
+
+def _describe_images(plan: Plan) -> dict:
+    sizes: dict[str, int] = {}
+    orientations: dict[int, int] = {}
+    for path in plan.files:
+        with Image.open(path) as image:
+            sizes[f"{image.width}x{image.height}"] = sizes.get(f"{image.width}x{image.height}", 0) + 1
+            orientation = image.getexif().get(images.EXIF_ORIENTATION, 1)
+            orientations[orientation] = orientations.get(orientation, 0) + 1
+    byte_sizes = [path.stat().st_size for path in plan.files]
+    return {"label": plan.images_label, "source": str(plan.args.images) if plan.args.images else "generated",
+            "phone_photos": bool(plan.args.phone_photos), "files": len(plan.files),
+            "mean_bytes": int(np.mean(byte_sizes)), "max_bytes": max(byte_sizes),
+            "sizes": dict(sorted(sizes.items(), key=lambda kv: -kv[1])[:5]), "exif_orientations": orientations}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        plan = prepare(args)
+    except BenchError as err:
+        raise SystemExit(f"error: {err}") from None
+    try:
+        _progress(f"model {plan.package.name}:{plan.package.version}, {len(plan.files)} files ({plan.images_label}), "
+                  f"report in {plan.out}")
+        results = run(plan)
+        paths = report.write(results, plan.out)
+    except BenchError as err:
+        raise SystemExit(f"error: {err}") from None
+    finally:
+        for folder in plan.cleanup:
+            folder.cleanup()
+    print(report.summary_lines(results))
+    for path in paths:
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

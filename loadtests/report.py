@@ -1,0 +1,383 @@
+"""The benchmark's report: the ceiling and the targets computed from the measurements, and
+bench.json, bench.md and three plots written from them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import components
+
+# The targets of issue 5, for one image per request.
+TARGET_CONCURRENCY = 16
+TARGET_CEILING_SHARE = 0.8
+TARGET_NAIVE_FACTOR = 5.0
+TARGET_C1_SLACK_MS = 3.0
+TAIL_FACTOR = 3.0
+
+
+def _level(stage: dict | None, concurrency: int, images_per_request: int) -> dict | None:
+    for level in (stage or {}).get("levels", []):
+        if level["concurrency"] == concurrency and level["images_per_request"] == images_per_request:
+            return level
+    return None
+
+
+def ceilings(results: dict) -> list[dict]:
+    """1 / (1/engine + 1/decode + 1/floor) for each level, in images/s.
+
+    engine: the largest measured batch that the level can fill (clients x images per request, at
+    most SERVICE_MAX_BATCH_SIZE); floor: the floor's requests/s at the same level x images per request."""
+    if not all(results.get(stage) for stage in ("engine", "decode", "floor")):
+        return []
+    max_batch = results["settings"]["max_batch_size"]
+    decode = results["decode"]["images_per_s"]
+    rows = []
+    for floor in results["floor"]["levels"]:
+        batch = min(floor["concurrency"] * floor["images_per_request"], max_batch)
+        engine = components.engine_rate(results["engine"], batch)
+        floor_images = floor["images_per_s"]
+        rows.append({"concurrency": floor["concurrency"], "images_per_request": floor["images_per_request"],
+                     "engine_batch": batch, "engine_images_per_s": engine, "decode_images_per_s": decode,
+                     "floor_images_per_s": floor_images,
+                     "ceiling_images_per_s": 1 / (1 / engine + 1 / decode + 1 / floor_images) if floor_images else 0.0})
+    return rows
+
+
+def _ceiling(results: dict, concurrency: int, images_per_request: int) -> float | None:
+    for row in results.get("ceiling", []):
+        if row["concurrency"] == concurrency and row["images_per_request"] == images_per_request:
+            return row["ceiling_images_per_s"]
+    return None
+
+
+def targets(results: dict) -> list[dict]:
+    """Each target of issue 5: what it asks, what was measured, met or not (None: not measured)."""
+    service = results.get("service")
+    rows = []
+    at16 = _level(service, TARGET_CONCURRENCY, 1)
+    ceiling16 = _ceiling(results, TARGET_CONCURRENCY, 1)
+    naive16 = _level(results.get("naive"), TARGET_CONCURRENCY, 1)
+    share = at16["images_per_s"] / ceiling16 if at16 and ceiling16 else None
+    rows.append({"target": f"{TARGET_CONCURRENCY} clients: >= {TARGET_CEILING_SHARE:.0%} of the ceiling",
+                 "measured": f"{share:.0%} ({at16['images_per_s']:.1f} of {ceiling16:.1f} images/s)" if share is not None else "-",
+                 "met": None if share is None else share >= TARGET_CEILING_SHARE})
+    factor = at16["images_per_s"] / naive16["images_per_s"] if at16 and naive16 and naive16["images_per_s"] else None
+    rows.append({"target": f"{TARGET_CONCURRENCY} clients: >= {TARGET_NAIVE_FACTOR:.0f}x the naive baseline",
+                 "measured": f"{factor:.1f}x ({at16['images_per_s']:.1f} vs {naive16['images_per_s']:.1f} images/s)"
+                 if factor is not None else "-",
+                 "met": None if factor is None else factor >= TARGET_NAIVE_FACTOR})
+    at1, floor1 = _level(service, 1, 1), _level(results.get("floor"), 1, 1)
+    if at1 and floor1 and results.get("engine") and results.get("decode"):
+        engine1 = results["engine"]["batches"][0]["latency_ms"]["p50"]
+        decode1 = results["decode"]["latency_ms"]["p50"]
+        budget = engine1 + decode1 + floor1["latency_ms"]["p50"]
+        p50 = at1["latency_ms"]["p50"]
+        rows.append({"target": f"1 client: p50 within {TARGET_C1_SLACK_MS:.0f} ms of engine batch-1 + one decode + the floor's p50",
+                     "measured": f"p50 {p50:.1f} ms vs {budget:.1f} ms (engine {engine1:.1f} + decode {decode1:.1f} + "
+                                 f"floor {floor1['latency_ms']['p50']:.1f}): {p50 - budget:+.1f} ms",
+                     "met": p50 <= budget + TARGET_C1_SLACK_MS})
+    else:
+        rows.append({"target": "1 client: p50 within 3 ms of engine + decode + floor", "measured": "-", "met": None})
+    one_image = [level for level in (service or {}).get("levels", []) if level["images_per_request"] == 1]
+    errors = sum(level["errors"] for level in one_image)
+    rows.append({"target": "no errors at any level", "measured": f"{errors} errors in {sum(l['requests'] for l in one_image)} answers"
+                 if one_image else "-", "met": None if not one_image else errors == 0})
+    tails = [f"{level['concurrency']}x{level['images_per_request']}" for level in (service or {}).get("levels", [])
+             if _tail(level) and _tail(level) > TAIL_FACTOR]
+    rows.append({"target": f"p99 reported; explained where > {TAIL_FACTOR:.0f}x p50",
+                 "measured": ("p99 > 3x p50 at " + ", ".join(tails) + " (see the notes)") if tails else "p99 <= 3x p50 everywhere",
+                 "met": None if not service else True})
+    return rows
+
+
+def _tail(level: dict) -> float | None:
+    p50, p99 = level["latency_ms"]["p50"], level["latency_ms"]["p99"]
+    return p99 / p50 if p50 and p99 else None
+
+
+# --- Markdown ----------------------------------------------------------------------------------------
+
+
+def _f(value, digits: int = 1, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:.{digits}f}{suffix}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def markdown(results: dict) -> str:
+    m, model, imgs = results["machine"], results["model"], results["images"]
+    parts = [f"# Benchmark: {model['tag']} on {imgs['label']} images", "",
+             f"`{results['command']}` ({results['created_at']})", ""]
+    gpu = ", ".join(m["gpu"]) or "none"
+    parts += ["## Machine", "",
+              f"{m['cpu']}, {m['cores_usable']} usable cores ({m['logical_cpus']} logical CPUs), {m['memory_gib']} GiB, GPU: {gpu}; "
+              f"{m['os']}, Python {m['python']}.", "",
+              "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".", ""]
+    for when in ("before", "after"):
+        activity = results.get(f"activity_{when}")
+        if activity:
+            busy = "; ".join(f"{p['command'][:90]} ({p['cpu_percent']}%)" for p in activity["busy_processes"]) or "nothing else busy"
+            parts.append(f"- {when} the run: load average {activity['load_average']}; {busy}")
+    settings = results["settings"]
+    parts += ["", "## Model, images, settings", "",
+              f"- model {model['tag']} ({model.get('recipe')}), input {model['input']['height']}x{model['input']['width']}x"
+              f"{model['input']['channels']}, base {json.dumps(model.get('base'))}",
+              f"- {imgs['files']} files from {imgs['source']}{' (12-megapixel, made by upscaling)' if imgs['phone_photos'] else ''}: "
+              f"{', '.join(f'{k} ({v})' for k, v in imgs['sizes'].items())}; mean {imgs['mean_bytes'] / 1024:.0f} KiB; "
+              f"EXIF orientations {imgs['exif_orientations']}",
+              "- service settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()),
+              f"- protocol: {results['protocol']}"]
+    parts += [f"- note: {note}" for note in results.get("notes", [])]
+    parts += ["", "## Targets (one image per request)", "",
+              _table(["target", "measured", "result"],
+                     [[t["target"], t["measured"], {True: "met", False: "**missed**", None: "not measured"}[t["met"]]]
+                      for t in results.get("targets", [])]), ""]
+    parts += ["## Service, ceiling and naive baseline", "", "![images/s against concurrency](throughput.png)",
+              "![latency percentiles](latency.png)", ""]
+    for per_request in results["protocol"]["images_per_request"]:
+        rows = []
+        for level in (results.get("service") or {}).get("levels", []):
+            if level["images_per_request"] != per_request:
+                continue
+            c = level["concurrency"]
+            ceiling = _ceiling(results, c, per_request)
+            naive = _level(results.get("naive"), c, per_request)
+            lat = level["latency_ms"]
+            rows.append([str(c), _f(level["images_per_s"]), _f(ceiling),
+                         _f(100 * level["images_per_s"] / ceiling if ceiling else None, 0, "%"),
+                         _f(naive["images_per_s"]) if naive else "-",
+                         _f(level["images_per_s"] / naive["images_per_s"], 1, "x") if naive and naive["images_per_s"] else "-",
+                         _f(lat["p50"]), _f(lat["p95"]), _f(lat["p99"]), _f(_tail(level), 1, "x"),
+                         str(level["errors"]), _f((level.get("server") or {}).get("mean_batch"), 1)])
+        parts += [f"### {per_request} image{'s' if per_request > 1 else ''} per request", "",
+                  _table(["clients", "images/s", "ceiling", "of ceiling", "naive", "vs naive", "p50 ms", "p95 ms",
+                          "p99 ms", "p99/p50", "errors", "mean batch"], rows), ""]
+    parts += _parts_alone(results)
+    parts += _time_section(results)
+    parts += _loadgen_section(results)
+    return "\n".join(parts) + "\n"
+
+
+def _parts_alone(results: dict) -> list[str]:
+    parts = ["## The parts alone", ""]
+    if results.get("engine"):
+        e = results["engine"]
+        parts += [f"Engine: ONNX Runtime {e['provider']}, {e['threads']} intra-op threads, on preprocessed tensors.", "",
+                  _table(["batch", "images/s", "ms per batch (p50)", "p99"],
+                         [[str(b["batch_size"]), _f(b["images_per_s"]), _f(b["latency_ms"]["p50"], 2), _f(b["latency_ms"]["p99"], 2)]
+                          for b in e["batches"]]), ""]
+    if results.get("decode"):
+        d = results["decode"]
+        parts += [f"Decode (read, decode, orient, resize; service.imaging.preprocess): {_f(d['latency_ms']['p50'], 2)} ms per image "
+                  f"p50 ({_f(d['latency_ms']['p95'], 2)} p95) on one thread, {_f(d['images_per_s'], 0)} images/s on "
+                  f"{d['threads']} threads.", ""]
+    if results.get("floor"):
+        parts += ["Framework floor (BentoML, same upload, constant answer):", "",
+                  _table(["clients x images", "requests/s", "images/s", "p50 ms", "p99 ms", "errors", "server CPU ms/request",
+                          "load generator CPU ms/request"],
+                         [[f"{l['concurrency']} x {l['images_per_request']}", _f(l["requests_per_s"]), _f(l["images_per_s"]),
+                           _f(l["latency_ms"]["p50"]), _f(l["latency_ms"]["p99"]), str(l["errors"]),
+                           _f(sum(l["server_cpu_ms_per_request"].values()), 2), _f(l["client_cpu_ms_per_request"], 2)]
+                          for l in results["floor"]["levels"]]), ""]
+    return parts
+
+
+def latency_breakdown(level: dict) -> dict[str, float] | None:
+    """A service level's mean latency split by where it went (ms), from the /metrics differences."""
+    server = level.get("server") or {}
+    if not server.get("public_ms_per_request") or server.get("inference_call_ms") is None or not level["latency_ms"]["mean"]:
+        return None
+    calls = server["inference_calls_per_request"] or 1
+    ort = server["ort_ms_per_batch"] or 0.0
+    inference = server["inference_call_ms"] * calls
+    decode = server["decode_ms_per_request"]
+    return {
+        "ONNX Runtime (the whole batch)": ort * calls,
+        "batching queue + inference service HTTP": max(0.0, inference - ort * calls),
+        "decode": decode,
+        "public service: form, decode queue, hop, JSON": max(0.0, server["public_ms_per_request"] - decode - inference),
+        "outside the server: network, load generator": max(0.0, level["latency_ms"]["mean"] - server["public_ms_per_request"]),
+    }
+
+
+def _time_section(results: dict) -> list[str]:
+    parts = ["## Where a request's time goes", "", "![where the time goes](time.png)", ""]
+    service = results.get("service") or {}
+    at1, floor1 = _level(service, 1, 1), _level(results.get("floor"), 1, 1)
+    if at1 and floor1 and results.get("engine") and results.get("decode"):
+        engine1 = results["engine"]["batches"][0]["latency_ms"]["p50"]
+        decode1 = results["decode"]["latency_ms"]["p50"]
+        floor_p50 = floor1["latency_ms"]["p50"]
+        rest = at1["latency_ms"]["p50"] - engine1 - decode1 - floor_p50
+        parts += [f"One client, one image: p50 {at1['latency_ms']['p50']:.1f} ms = engine batch-1 {engine1:.1f} + decode {decode1:.1f} "
+                  f"+ floor {floor_p50:.1f} + {rest:.1f} ms more (the hop to the inference service, its batching, "
+                  f"serialisation).", ""]
+    rows = []
+    for level in service.get("levels", []):
+        split = latency_breakdown(level)
+        if split:
+            rows.append([f"{level['concurrency']} x {level['images_per_request']}", _f(level["latency_ms"]["mean"])]
+                        + [_f(v) for v in split.values()])
+    if rows:
+        names = list(latency_breakdown(next(l for l in service["levels"] if latency_breakdown(l))).keys())
+        parts += ["Mean latency (ms) by where it went, from the service's /metrics over each window:", "",
+                  _table(["clients x images", "mean", *names], rows), ""]
+    rows = []
+    cores = results["machine"]["cores_usable"]
+    for level in service.get("levels", []):
+        cpu = level["server_cpu_ms_per_request"]
+        per_image = {role: ms / level["images_per_request"] for role, ms in cpu.items()}
+        client = (level["client_cpu_ms_per_request"] or 0.0) / level["images_per_request"]
+        ceiling = _ceiling(results, level["concurrency"], level["images_per_request"])
+        rows.append([f"{level['concurrency']} x {level['images_per_request']}", _f(client, 2)]
+                    + [_f(per_image.get(role), 2) for role in ("worker:image_classifier", "worker:inference")]
+                    + [_f(client + sum(per_image.values()), 2), _f(1000 * cores / ceiling, 2) if ceiling else "-"])
+    if rows:
+        parts += [f"CPU time per image (ms) by process; the ceiling's budget is {cores} cores / ceiling:", "",
+                  _table(["clients x images", "load generator", "public service", "inference service", "total", "ceiling budget"],
+                         rows), ""]
+    return parts
+
+
+def _loadgen_section(results: dict) -> list[str]:
+    floor = (results.get("floor") or {}).get("levels", [])
+    if not floor:
+        return []
+    busiest = max(floor, key=lambda l: l["requests_per_s"])
+    client = busiest["client_cpu_ms_per_request"] or 0.0
+    server = sum(busiest["server_cpu_ms_per_request"].values())
+    return ["## The load generator", "",
+            f"asyncio + aiohttp, one connection per client, bodies encoded before the run. At the floor's busiest level "
+            f"({busiest['concurrency']} clients x {busiest['images_per_request']} images, {busiest['requests_per_s']:.0f} requests/s) "
+            f"it used {client:.2f} ms CPU per request ({busiest['client_cpu_share']:.0%} of one core), "
+            f"{client / server:.0%} of the {server:.2f} ms the floor server used: it is part of the floor it measures, "
+            f"and not its bottleneck." if server else "", ""]
+
+
+# --- plots -------------------------------------------------------------------------------------------
+
+
+def plots(results: dict, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    concurrency = results["protocol"]["concurrency"]
+    per_requests = results["protocol"]["images_per_request"]
+    colors = {1: "tab:blue", 16: "tab:green"}
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for per_request in per_requests:
+        color = colors.get(per_request, None)
+        service = [l for l in (results.get("service") or {}).get("levels", []) if l["images_per_request"] == per_request]
+        if service:
+            ax.plot([l["concurrency"] for l in service], [l["images_per_s"] for l in service], "o-", color=color,
+                    label=f"service, {per_request} image(s)/request")
+        ceiling = [r for r in results.get("ceiling", []) if r["images_per_request"] == per_request]
+        if ceiling:
+            ax.plot([r["concurrency"] for r in ceiling], [r["ceiling_images_per_s"] for r in ceiling], "s--", color=color,
+                    alpha=0.7, label=f"ceiling, {per_request} image(s)/request")
+    if results.get("engine"):
+        max_batch = results["settings"]["max_batch_size"]
+        ax.plot(concurrency, [components.engine_rate(results["engine"], min(c, max_batch)) for c in concurrency], "^:",
+                color="tab:orange", label="engine alone, batch = clients")
+    naive = (results.get("naive") or {}).get("levels", [])
+    if naive:
+        ax.plot([l["concurrency"] for l in naive], [l["images_per_s"] for l in naive], "x-", color="tab:red",
+                label="naive Keras server, 1 image/request")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(concurrency, [str(c) for c in concurrency])
+    ax.set_xlabel("concurrent clients")
+    ax.set_ylabel("images/s")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"{results['model']['tag']} on {results['images']['label']} images")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    written.append(_save(fig, out / "throughput.png"))
+
+    fig, axes = plt.subplots(1, len(per_requests), figsize=(6 * len(per_requests), 4.5), squeeze=False)
+    for ax, per_request in zip(axes[0], per_requests):
+        for stage, style in (("service", "-"), ("floor", "--"), ("naive", ":")):
+            levels = [l for l in (results.get(stage) or {}).get("levels", []) if l["images_per_request"] == per_request]
+            if not levels:
+                continue
+            for p, color in (("p50", "tab:blue"), ("p95", "tab:orange"), ("p99", "tab:red")):
+                ax.plot([l["concurrency"] for l in levels], [l["latency_ms"][p] for l in levels], style, marker="o",
+                        color=color, label=f"{stage} {p}")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(concurrency, [str(c) for c in concurrency])
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel("latency, ms")
+        ax.set_title(f"{per_request} image(s) per request")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, ncol=3)
+    written.append(_save(fig, out / "latency.png"))
+
+    levels = [l for l in (results.get("service") or {}).get("levels", []) if latency_breakdown(l)]
+    if levels:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [3, 2]})
+        labels = [f"{l['concurrency']}x{l['images_per_request']}" for l in levels]
+        shares = [latency_breakdown(l) for l in levels]
+        bottom = [0.0] * len(levels)
+        for name in shares[0]:
+            values = [100 * s[name] / sum(s.values()) for s in shares]
+            left.bar(labels, values, bottom=bottom, label=name)
+            bottom = [b + v for b, v in zip(bottom, values)]
+        left.set_ylabel("% of the mean latency")
+        left.set_xlabel("clients x images per request")
+        left.set_title("Where a request's time goes (service /metrics)")
+        left.legend(fontsize=7, loc="lower left")
+        cores = results["machine"]["cores_usable"]
+        one = [l for l in levels if l["images_per_request"] == 1]
+        roles = (("load generator", None), ("public service", "worker:image_classifier"), ("inference service", "worker:inference"))
+        bottom = [0.0] * len(one)
+        for name, role in roles:
+            values = [(l["client_cpu_ms_per_request"] or 0.0) if role is None else l["server_cpu_ms_per_request"].get(role, 0.0)
+                      for l in one]
+            right.bar([str(l["concurrency"]) for l in one], values, bottom=bottom, label=name)
+            bottom = [b + v for b, v in zip(bottom, values)]
+        budget = [_ceiling(results, l["concurrency"], 1) for l in one]
+        if all(budget):
+            right.plot([str(l["concurrency"]) for l in one], [1000 * cores / b for b in budget], "k_", markersize=30,
+                       mew=2, label=f"ceiling: {cores} cores / ceiling rate")
+        right.set_ylabel("CPU ms per image")
+        right.set_xlabel("clients (1 image per request)")
+        right.set_title("Where the cores go")
+        right.legend(fontsize=7)
+        written.append(_save(fig, out / "time.png"))
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def write(results: dict, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / "bench.json"
+    json_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    images = plots(results, out)
+    md_path = out / "bench.md"
+    md_path.write_text(markdown(results))
+    return [md_path, json_path, *images]
+
+
+def summary_lines(results: dict) -> str:
+    lines = []
+    for target in results.get("targets", []):
+        verdict = {True: "met", False: "MISSED", None: "not measured"}[target["met"]]
+        lines.append(f"{verdict:12s} {target['target']}: {target['measured']}")
+    return "\n".join(lines)
