@@ -1,14 +1,18 @@
 """Export: a trained Keras model to SavedModel and ONNX, proven equal, registered with BentoML.
 
 The exported graph is the inference model: the core of the trained model (no augmentation
-layers), called with `training=False` (dropout off), with two named outputs:
+layers), called with `training=False` (dropout off), with four named outputs:
 
 - `probabilities` [N, classes]: a one-unit sigmoid output p is exported as [1 - p, p];
-- `features` [N, D]: global average pooling of the `feature_map` layer.
+- `features` [N, D]: global average pooling of the `feature_map` layer;
+- `feature_map` [N, h, w, D]: the `feature_map` layer's activations (for Grad-CAM);
+- `gradcam_weights` [N, classes, D]: each class score's gradient with respect to `feature_map`,
+  averaged over the positions (see training/gradcam.py); the service turns both into heatmaps.
 
 Every export runs ONNX Runtime (CPU) and Keras on real images of the model's dataset plus random
 inputs, and fails unless they agree (largest absolute difference of `probabilities` at most 1e-4,
-same top-1 label). The figures go into the manifest.
+same top-1 label; the Grad-CAM outputs within 1e-4 of their largest value, and the exported
+Grad-CAM weights within as much of tf.GradientTape's). The figures go into the manifest.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import numpy as np
 
 from .data import load_datasets
 from .errors import UserError
+from .gradcam import GradCamWeights, feature_map_centres, gradient_tape_weights, head_layers
 from .manifest import MANIFEST, library_versions, now, read_manifest, write_json
 from .recipes import FEATURE_MAP, core_of
 from .reevaluate import dataset_of, hyperparameters_of
@@ -31,22 +36,34 @@ from .train import load_keras_model
 # Opset 17 runs on every ONNX Runtime of the last years (>= 1.12) and holds every op these models use.
 OPSET = 17
 TOLERANCE = 1e-4
+OUTPUTS = ("probabilities", "features", "feature_map", "gradcam_weights")
 ONNX_FILE = "model.onnx"
 SAVED_MODEL_DIR = "saved_model"
 # What goes into the BentoML model store: what serving and TF Serving need, not the training state.
 PACKAGE_FILES = (MANIFEST, ONNX_FILE, SAVED_MODEL_DIR, "evaluation.json", "history.json", "curves.png")
+# How the service turns the two Grad-CAM outputs into a heatmap (docs/model-package.md).
+GRADCAM_RECORD = {
+    "feature_map": "feature_map",
+    "weights": "gradcam_weights",
+    "class_score": "logit (the output layer's pre-activation); a one-unit sigmoid model's class 0 scores -logit",
+    "heatmap": "relu(sum over k of gradcam_weights[c, k] * feature_map[:, :, k]) / its maximum",
+    "placement": "feature_map_centres: position i's receptive field is centred at offset + stride * i input pixels",
+}
 PARITY_IMAGES = 32
 PARITY_RANDOM = 8
 
 
 def inference_model(model: keras.Model) -> keras.Model:
-    """The trained model's core with the two named outputs of the contract."""
+    """The trained model's core with the named outputs of the contract."""
     core = core_of(model)
     probabilities = core.output
     if probabilities.shape[-1] == 1:
         probabilities = keras.layers.Concatenate(name="two_class_probabilities")([1.0 - probabilities, probabilities])
-    features = keras.layers.GlobalAveragePooling2D(name="pooled_feature_map")(core.get_layer(FEATURE_MAP).output)
-    return keras.Model(core.input, {"probabilities": probabilities, "features": features}, name="inference")
+    feature_map = core.get_layer(FEATURE_MAP).output
+    features = keras.layers.GlobalAveragePooling2D(name="pooled_feature_map")(feature_map)
+    weights = GradCamWeights(head_layers(core), name="gradcam_weights")(feature_map)
+    outputs = {"probabilities": probabilities, "features": features, "feature_map": feature_map, "gradcam_weights": weights}
+    return keras.Model(core.input, outputs, name="inference")
 
 
 def _serving_function(inference: keras.Model):
@@ -57,7 +74,7 @@ def _serving_function(inference: keras.Model):
     @tf.function(input_signature=[spec])
     def serve(image):
         outputs = inference(image, training=False)
-        return {"probabilities": outputs["probabilities"], "features": outputs["features"]}
+        return {name: outputs[name] for name in OUTPUTS}
 
     return serve, spec
 
@@ -78,9 +95,13 @@ def write_onnx(inference: keras.Model, path: Path, opset: int = OPSET) -> None:
 
     serve, spec = _serving_function(inference)
     model_proto, _ = tf2onnx.convert.from_function(serve, input_signature=[spec], opset=opset)
-    # Name the dynamic batch dimension, so that every tool shows [batch, H, W, C].
+    # Name the dynamic batch dimension, so that every tool shows [batch, H, W, C], and give every
+    # output the static shape Keras knows (tf2onnx loses some through the Grad-CAM weights' concat).
     for value in list(model_proto.graph.input) + list(model_proto.graph.output):
         value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    for value in model_proto.graph.output:
+        for dim, size in zip(value.type.tensor_type.shape.dim[1:], inference.output[value.name].shape[1:]):
+            dim.dim_value = int(size)
     onnx.checker.check_model(model_proto)
     onnx.save(model_proto, str(path))
 
@@ -116,11 +137,18 @@ def check_parity(inference: keras.Model, onnx_path: Path, inputs: np.ndarray, re
     diff_p = float(np.abs(got["probabilities"] - np.asarray(expected["probabilities"])).max())
     diff_f = float(np.abs(got["features"] - np.asarray(expected["features"])).max())
     agree = float((got["probabilities"].argmax(1) == np.asarray(expected["probabilities"]).argmax(1)).mean())
+    _, tape_weights = gradient_tape_weights(inference, inputs)
+    gradcam = {
+        "max_rel_diff_feature_map": _relative_difference(got["feature_map"], expected["feature_map"]),
+        "max_rel_diff_gradcam_weights": _relative_difference(got["gradcam_weights"], expected["gradcam_weights"]),
+        "max_rel_diff_gradcam_weights_vs_gradient_tape": _relative_difference(expected["gradcam_weights"], tape_weights),
+    }
     figures = {
         "images": real_images,
         "random_inputs": len(inputs) - real_images,
         "max_abs_diff_probabilities": diff_p,
         "max_abs_diff_features": diff_f,
+        **gradcam,
         "top1_agreement": agree,
         "tolerance": TOLERANCE,
         "runtime": "onnxruntime CPUExecutionProvider",
@@ -130,7 +158,18 @@ def check_parity(inference: keras.Model, onnx_path: Path, inputs: np.ndarray, re
             f"ONNX export of {onnx_path.parent} does not compute what the Keras model does: largest difference in "
             f"probabilities {diff_p:.2e} (allowed {TOLERANCE:.0e}), top-1 agreement {agree:.1%} on {len(inputs)} inputs"
         )
+    worst = max(gradcam, key=gradcam.get)
+    if gradcam[worst] > TOLERANCE:
+        raise UserError(f"Grad-CAM outputs of {onnx_path.parent} are off: {worst.removeprefix('max_rel_diff_')} differs by "
+                        f"{gradcam[worst]:.2e} of its largest value (allowed {TOLERANCE:.0e}) on {len(inputs)} inputs")
     return figures
+
+
+def _relative_difference(got, expected) -> float:
+    """Largest absolute difference, as a fraction of the largest absolute expected value."""
+    expected = np.asarray(expected)
+    scale = float(np.abs(expected).max())
+    return float(np.abs(np.asarray(got) - expected).max()) / scale if scale > 0 else float(np.abs(np.asarray(got)).max())
 
 
 def _sha256(path: Path) -> str:
@@ -194,7 +233,7 @@ def export_model(model_dir: str | Path, *, data: str | None = None, register_mod
     parity = check_parity(inference, model_dir / ONNX_FILE, inputs, real)
 
     shape = [None, *inference.input.shape[1:]]
-    outputs = {name: {"shape": [None, int(tensor.shape[-1])], "dtype": "float32"} for name, tensor in inference.output.items()}
+    outputs = {name: {"shape": [None, *map(int, tensor.shape[1:])], "dtype": "float32"} for name, tensor in inference.output.items()}
     manifest["export"] = {
         "created_at": now(),
         "seconds": round(time.perf_counter() - start, 1),
@@ -202,6 +241,7 @@ def export_model(model_dir: str | Path, *, data: str | None = None, register_mod
         "outputs": outputs,
         "onnx": {"path": ONNX_FILE, "opset": opset},
         "saved_model": {"path": SAVED_MODEL_DIR, "signature": "serving_default", "tags": ["serve"]},
+        "gradcam": {**GRADCAM_RECORD, "feature_map_centres": feature_map_centres(core_of(model))},
         "parity": parity,
         "versions": library_versions("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "onnxruntime-gpu", "numpy"),
     }
