@@ -71,6 +71,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64], help="client concurrency levels")
     parser.add_argument("--images-per-request", type=int, nargs="+", default=[1, 16], help="images in each request")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64], help="engine batch sizes")
+    parser.add_argument("--component-seconds", type=float, default=3.0,
+                        help="seconds measuring decode (each way) and each engine batch size (default: 3)")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up before each level (default: 2)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds measured at each level (default: 5)")
     parser.add_argument("--min-requests", type=int, default=50,
@@ -88,8 +90,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if min(args.concurrency + args.images_per_request + args.batch_sizes) < 1:
         parser.error("concurrency levels, images per request and batch sizes must be at least 1")
-    if args.duration <= 0 or args.warmup < 0:
-        parser.error("--duration must be positive and --warmup not negative")
+    if args.duration <= 0 or args.component_seconds <= 0 or args.warmup < 0:
+        parser.error("--duration and --component-seconds must be positive, --warmup not negative")
     return args
 
 
@@ -275,7 +277,7 @@ def run(plan: Plan) -> dict:
                       "max_images_per_request", "max_body_bytes", "timeout_s")},
         "protocol": {"concurrency": args.concurrency, "images_per_request": args.images_per_request,
                      "warmup_s": args.warmup, "duration_s": args.duration, "min_requests": args.min_requests,
-                     "max_window_s": args.max_window},
+                     "max_window_s": args.max_window, "component_seconds": args.component_seconds},
         "notes": plan.notes,
     }
     for note in plan.notes:
@@ -283,14 +285,16 @@ def run(plan: Plan) -> dict:
     cores = settings.cpu_count()
     if "decode" not in args.skip:
         _progress(f"decode   {len(plan.files)} files, 1 thread then {cores}")
-        results["decode"] = components.measure_decode(plan.files, plan.package, plan.config, threads=cores)
+        results["decode"] = components.measure_decode(plan.files, plan.package, plan.config, threads=cores,
+                                                       seconds=args.component_seconds)
         d = results["decode"]
         _progress(f"decode   {d['latency_ms']['p50']:.2f} ms per image (p50), {d['images_per_s']:.0f} images/s on {cores} threads")
     if "engine" not in args.skip:
         tensors = np.stack([imaging.preprocess(path.read_bytes(), plan.package.input, max_pixels=plan.config.max_image_pixels,
                                                jpeg_reduce=plan.config.jpeg_reduce) for path in plan.files[:64]])
         results["engine"] = components.measure_engine(plan.package, tensors, sorted(set(args.batch_sizes)),
-                                                      threads=plan.config.inference_threads)
+                                                      threads=plan.config.inference_threads,
+                                                      seconds=args.component_seconds)
         for batch in results["engine"]["batches"]:
             _progress(f"engine   batch {batch['batch_size']:3d}: {batch['images_per_s']:7.1f} images/s, "
                       f"{batch['latency_ms']['p50']:.1f} ms per batch ({results['engine']['provider']})")
