@@ -1,4 +1,4 @@
-"""`python -m training`: train, evaluate, run the ladder, export, and the demo.
+"""`python -m training`: train, evaluate, run the ladder, export, visualize, and the demo.
 
 TensorFlow is imported only by the commands that need it, so `--help` answers at once.
 """
@@ -154,6 +154,12 @@ def cmd_reproduce(args) -> None:
               only=args.only.split(",") if args.only else None)
 
 
+def cmd_visualize(args) -> None:
+    from .visualize import visualize
+
+    visualize(Path(args.model_dir), Path(args.image), args.label)
+
+
 def cmd_demo_data(args) -> None:
     from .demo_data import generate_demo_dataset
 
@@ -215,6 +221,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", metavar="NAMES", help="comma-separated rungs to train (default: all, in order)")
     p.add_argument("--models-dir", default="models", metavar="DIR", help="(default: %(default)s)")
     p.set_defaults(func=cmd_reproduce)
+
+    p = commands.add_parser("visualize", help="see inside a trained model: activations, filter patterns, Grad-CAM, one HTML page",
+                            description="For one image, write MODEL_DIR/report/: the activations of every convolution and "
+                                        "pooling layer, the filter patterns of the first convolution of each block, Grad-CAM "
+                                        "heatmaps, and index.html showing them with the training curves and test metrics.")
+    p.add_argument("model_dir", help="a trained model folder, e.g. models/scratch")
+    p.add_argument("--image", required=True, metavar="FILE", help="the image to look at (JPEG, PNG, BMP or GIF)")
+    p.add_argument("--label", metavar="CLASS", help="also show the Grad-CAM heatmap of this class (default: the predicted class only)")
+    p.set_defaults(func=cmd_visualize)
 
     p = commands.add_parser("demo-data", help="write the generated demo dataset to a folder")
     p.add_argument("directory", help="folder to write (DIR/train, DIR/validation, DIR/test)")
