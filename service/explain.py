@@ -12,8 +12,12 @@ at the centre of its receptive field (the manifest's `export.gradcam.feature_map
 model's input, which is the whole image resized), coloured with the Turbo colour map, laid over
 the image, more opaque where the heat is higher, and encoded as PNG.
 
-A request's stages: `heatmap` -> `overlay` -> `encode_png`; `overlay_png` runs all three, with
-`centres(manifest)` read once per model.
+A request's stages (POST /explain):
+    inference process   `infer`: ONNX Runtime, then every class's heatmap [N, classes, h, w]
+                        (small: the feature map itself never leaves the process)
+    public process      `class_index` (the predicted class, or the label asked for), then
+                        `overlay_png`: upsample, colour, overlay, PNG; `centres(manifest)` once per model
+A package exported before the Grad-CAM outputs existed cannot explain: `supports(manifest)`.
 """
 
 from __future__ import annotations
@@ -35,6 +39,31 @@ MIN_OPACITY, MAX_OPACITY = 0.25, 0.7
 # The overlay's longer side: the image's own, but at least this (small model inputs such as
 # MNIST's 28 pixels become visible) and at most that (a photo does not become a 30 MB PNG).
 SMALLEST_SIDE, LARGEST_SIDE = 256, 512
+ONNX_OUTPUTS = ("probabilities", "feature_map", "gradcam_weights")
+
+
+def supports(manifest: dict) -> bool:
+    """Whether the package's graph has the Grad-CAM outputs (exports since they were added do)."""
+    outputs = (manifest.get("export") or {}).get("outputs") or {}
+    return all(name in outputs for name in ONNX_OUTPUTS)
+
+
+def infer(session, input_name: str, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One ONNX Runtime call for a batch [N, H, W, C] (float32 0-255): probabilities [N, classes] and
+    every class's heatmap [N, classes, h, w] in [0, 1]."""
+    probabilities, feature_map, weights = session.run(list(ONNX_OUTPUTS), {input_name: images})
+    return probabilities, heatmaps(feature_map, weights)
+
+
+def heatmaps(feature_map: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Grad-CAM: activations [N, h, w, K] and weights [N, classes, K] -> [N, classes, h, w] float32 in [0, 1].
+
+    Each map is ReLU(sum_k weights[c, k] * A[:, :, k]) divided by its maximum; all zeros when no
+    position has positive evidence for the class.
+    """
+    cam = np.maximum(np.einsum("nhwk,nck->nchw", np.asarray(feature_map, np.float32), np.asarray(weights, np.float32)), 0.0)
+    peak = cam.max(axis=(2, 3), keepdims=True)
+    return np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0)
 
 
 def class_index(classes, probabilities: np.ndarray, label: str | None = None) -> int:
@@ -44,16 +73,6 @@ def class_index(classes, probabilities: np.ndarray, label: str | None = None) ->
     if label not in classes:
         raise ValueError(f"unknown label {label!r}; the model's classes: {', '.join(classes)}")
     return list(classes).index(label)
-
-
-def heatmap(feature_map: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Grad-CAM of one image and one class: A [h, w, K] and weights [K] -> [h, w] float32 in [0, 1].
-
-    All zeros when no position has positive evidence for the class.
-    """
-    cam = np.maximum(np.asarray(feature_map, np.float32) @ np.asarray(weights, np.float32), 0.0)
-    peak = float(cam.max())
-    return cam / peak if peak > 0 else np.zeros_like(cam)
 
 
 def colorize(heat: np.ndarray) -> np.ndarray:
@@ -133,11 +152,7 @@ def encode_png(rgb: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def overlay_png(image: np.ndarray, feature_map: np.ndarray, weights: np.ndarray, where: Centres | None = None) -> bytes:
-    """One image's heatmap for one class as a PNG overlay.
-
-    `image`: the decoded, oriented picture, uint8 [H, W, C] (service.imaging.decode);
-    `feature_map` [h, w, K] and `weights` [K]: the ONNX outputs `feature_map[i]` and
-    `gradcam_weights[i, class]` for that image; `where`: centres(manifest).
-    """
-    return encode_png(overlay(image, heatmap(feature_map, weights), where))
+def overlay_png(image: np.ndarray, heat: np.ndarray, where: Centres | None = None) -> bytes:
+    """One heatmap [h, w] (a row of `infer`'s heatmaps) over the decoded, oriented picture
+    (uint8 [H, W, C], service.imaging.decode), as PNG bytes; `where`: centres(manifest)."""
+    return encode_png(overlay(image, heat, where))

@@ -22,12 +22,12 @@ from training.recipes import core_of
 from training.train import load_keras_model, train
 
 ALL = ["scratch", "augmented", "transfer", "finetuned", "mnist", "basenet", "transfer-features"]
-EXPLAIN_OUTPUTS = ["probabilities", "feature_map", "gradcam_weights"]
 
 
-def run_onnx(model_dir, images: np.ndarray) -> dict[str, np.ndarray]:
+def service_explain(model_dir, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The service's inference stage for /explain: probabilities and every class's heatmap."""
     session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
-    return dict(zip(EXPLAIN_OUTPUTS, session.run(EXPLAIN_OUTPUTS, {"image": images})))
+    return explain.infer(session, "image", images)
 
 
 def sample_inputs(manifest, count=4):
@@ -64,18 +64,18 @@ def compare_with_keras(manifest, model_dir) -> tuple[list[float], float]:
     """Every class's heatmap of a few test images, from ONNX Runtime + service/explain.py and from
     the Keras model with tf.GradientTape: their correlations and largest absolute difference."""
     service_input, training_input = sample_inputs(manifest)
-    got = run_onnx(model_dir, service_input)
+    _, got = service_explain(model_dir, service_input)
     core = core_of(load_keras_model(model_dir))
     correlations, largest = [], 0.0
     for c in range(len(manifest["classes"])):
         expected = keras_gradcam(core, training_input, c)
         for i in range(len(service_input)):
-            heat = explain.heatmap(got["feature_map"][i], got["gradcam_weights"][i, c])
+            heat = got[i, c]
             assert heat.shape == expected[i].shape and heat.min() >= 0 and heat.max() <= 1
             largest = max(largest, float(np.abs(heat - expected[i]).max()))
             if heat.size > 1 and heat.std() > 1e-3 and expected[i].std() > 1e-3:
                 correlations.append(np.corrcoef(heat.ravel(), expected[i].ravel())[0, 1])
-    print(f"\n{manifest['name']}: feature map {got['feature_map'].shape[1:3]}, {len(correlations)} heatmaps compared by "
+    print(f"\n{manifest['name']}: feature map {got.shape[2:]}, {len(correlations)} heatmaps compared by "
           f"correlation: min {min(correlations, default=float('nan')):.6f}; largest |difference| {largest:.2e}")
     return correlations, largest
 
@@ -113,9 +113,16 @@ def test_analytic_weights_equal_gradient_tape_for_other_heads():
         GradCamWeights(head_layers(bad))
 
 
-def test_heatmap_pictures():
+def test_heatmap_pictures(exported_models):
+    assert explain.supports(exported_models["mnist"])
+    assert not explain.supports({"export": {"outputs": {"probabilities": {}, "features": {}}}}) and not explain.supports({})
+    assert explain.class_index(("cats", "dogs"), np.array([0.3, 0.7])) == 1
+    assert explain.class_index(("cats", "dogs"), np.array([0.3, 0.7]), "cats") == 0
+    with pytest.raises(ValueError, match="unknown label 'owls'; the model's classes: cats, dogs"):
+        explain.class_index(("cats", "dogs"), np.array([0.3, 0.7]), "owls")
     assert explain.colorize(np.array([0.0, 1.0])).tolist() == [list(explain.TURBO[0]), list(explain.TURBO[-1])]
-    assert explain.heatmap(np.ones((3, 3, 2)), np.array([-1.0, 0.5])).tolist() == np.zeros((3, 3)).tolist()
+    maps = explain.heatmaps(np.ones((1, 3, 3, 2)), np.array([[[-1.0, 0.5], [1.0, 1.0]]]))
+    assert maps.shape == (1, 2, 3, 3) and maps[0, 0].max() == 0 and maps[0, 1].min() == 1  # no evidence; even evidence
     assert explain.display_size(28, 28) == (256, 256) and explain.display_size(3000, 4000) == (384, 512)
     # The scratch convnet at 180x180: 7x7 positions centred at 39, 55, ..., 135 pixels.
     one_hot = np.zeros((7, 7), np.float32)
@@ -125,7 +132,7 @@ def test_heatmap_pictures():
     # Full heat from the position's centre outwards (level beyond the outermost centres), less on the inner side.
     assert placed[:39, 135:].min() == 1.0 and placed[39, 135] < 1 and placed[38, 134] < 1
     picture = np.full((28, 28, 1), 200, np.uint8)
-    png = explain.overlay_png(picture, np.ones((3, 3, 1), np.float32), np.ones(1, np.float32))
+    png = explain.overlay_png(picture, np.ones((3, 3), np.float32))
     assert Image.open(io.BytesIO(png)).size == (256, 256)
 
 
@@ -179,9 +186,8 @@ def test_heatmap_finds_the_object(located_model):
         kind = CLASSES[i % 3]
         data, (x0, y0, x1, y1) = off_centre_image(rng, kind, ((i // 3) % 2, (i // 6) % 2))
         picture = imaging.decode(data, 3, max_pixels=1 << 20)
-        out = run_onnx(model_dir, imaging.resize_bilinear(picture, SIZE, SIZE)[None])
-        heat = explain.heatmap(out["feature_map"][0], out["gradcam_weights"][0, CLASSES.index(kind)])
-        heat = explain.upsample(heat, *picture.shape[:2], where)
+        _, heat = service_explain(model_dir, imaging.resize_bilinear(picture, SIZE, SIZE)[None])
+        heat = explain.upsample(heat[0, CLASSES.index(kind)], *picture.shape[:2], where)
         inside = np.zeros(heat.shape, bool)
         inside[y0:y1, x0:x1] = True
         peaks_inside += bool(inside[np.unravel_index(heat.argmax(), heat.shape)])
