@@ -55,7 +55,7 @@ _PASS_THROUGH = (layers.Dropout, layers.Identity)  # identities at inference
 
 
 def _activation(layer: layers.Dense) -> str:
-    return keras.activations.serialize(layer.activation) if not isinstance(layer.activation, str) else layer.activation
+    return keras.activations.serialize(layer.activation)  # "relu", "linear", ...
 
 
 def head_layers(model: keras.Model) -> list[layers.Layer]:
