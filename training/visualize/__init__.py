@@ -22,11 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageOps
 
+from ..data import _inspect_image, load_image
 from ..errors import UserError
+from ..evaluate import as_class_probabilities
 from ..manifest import KERAS_FILE, now, read_manifest
-from ..recipes import FEATURE_MAP
+from ..recipes import FEATURE_MAP, core_of
+from ..train import load_keras_model
+from .activations import write_activation_grids
+from .heatmaps import write_gradcam_figure
+from .layers import LayerRef, activation_layers, pattern_layers
 from .page import Section, metrics_tables, probability_table, write_page
+from .patterns import STEPS, write_pattern_grids
 
 REPORT_DIR = "report"
 
@@ -44,8 +52,6 @@ class Report:
 
 def _check_inputs(model_dir: Path, image: Path, label: str | None) -> tuple[dict, int]:
     """The manifest and the image's EXIF orientation, or UserError for each mistake."""
-    from ..data import _inspect_image
-
     if not model_dir.is_dir():
         raise UserError(f"model folder {model_dir} does not exist")
     manifest = read_manifest(model_dir)
@@ -64,9 +70,6 @@ def _check_inputs(model_dir: Path, image: Path, label: str | None) -> tuple[dict
 def load_picture(image: Path, orientation: int, manifest: dict) -> tuple[np.ndarray, np.ndarray]:
     """The model's input [H, W, C] (float32 0-255, as training loads it) and the oriented picture (uint8)."""
     import tensorflow as tf
-    from PIL import Image, ImageOps
-
-    from ..data import load_image
 
     spec = manifest["input"]
     try:
@@ -92,14 +95,6 @@ def _evaluation(model_dir: Path) -> dict | None:
 
 def visualize(model_dir: str | Path, image: str | Path, label: str | None = None, *, steps: int | None = None) -> Report:
     """Write the report of one model for one image; return what was written."""
-    from ..evaluate import as_class_probabilities
-    from ..train import load_keras_model
-    from ..recipes import core_of
-    from .activations import write_activation_grids
-    from .heatmaps import write_gradcam_figure
-    from .layers import LayerRef, activation_layers, pattern_layers
-    from .patterns import STEPS, write_pattern_grids
-
     model_dir, image = Path(model_dir), Path(image)
     manifest, orientation = _check_inputs(model_dir, image, label)
     classes = manifest["classes"]

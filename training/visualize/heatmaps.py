@@ -21,8 +21,8 @@ TURBO = ListedColormap(explain.colorize(np.linspace(0, 1, 256)) / 255.0, name="t
 
 
 def write_gradcam_figure(core, model_input: np.ndarray, picture: np.ndarray, class_name: str, class_index: int,
-                         probability: float, predicted: bool, path: Path) -> np.ndarray:
-    """Save the figure for one class; return the heatmap [h, w] in [0, 1].
+                         probability: float, predicted: bool, path: Path) -> None:
+    """Save the figure for one class.
 
     `model_input`: the image as the model takes it [H, W, C], float32 0-255; `picture`: the
     decoded, oriented image at its own size, uint8 [H', W', C].
@@ -45,4 +45,3 @@ def write_gradcam_figure(core, model_input: np.ndarray, picture: np.ndarray, cla
     fig.suptitle(f"Grad-CAM: where the evidence for '{class_name}' lies ({why}, probability {probability:.1%})")
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
-    return heat
