@@ -41,12 +41,21 @@ class BenchError(Exception):
 
 
 @dataclass
+class ServiceSetup:
+    """One configuration of the service: the settings given (the rest are defaults), and what they make."""
+
+    label: str
+    given: dict[str, str]
+    config: settings.Settings
+    env: dict[str, str]  # the servers' environment
+
+
+@dataclass
 class Plan:
     args: argparse.Namespace
     model: settings.ModelRef
     package: ModelPackage
-    config: settings.Settings  # the service's settings for this run
-    env: dict[str, str]  # the servers' environment
+    services: list[ServiceSetup]  # --set first (the floor and the naive server run with it too), then --compare
     files: list[Path]
     images_label: str
     out: Path
@@ -80,6 +89,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-window", type=float, default=30.0, help="longest measurement window of a level, seconds (default: 30)")
     parser.add_argument("--set", action="append", default=[], metavar="SERVICE_X=VALUE",
                         help="a service setting for the floor and the service (repeatable), e.g. SERVICE_MAX_BATCH_SIZE=16")
+    parser.add_argument("--compare", action="append", default=[], metavar="SERVICE_X=VALUE,...",
+                        help="measure the service again with these settings instead of --set's ('defaults': none), "
+                             "side by side in the same run (repeatable)")
     parser.add_argument("--keras-model", type=Path,
                         help="the trained model folder (model.keras) for the naive server (default: models/NAME)")
     parser.add_argument("--skip", action="append", default=[], choices=STAGES, help="leave a stage out (repeatable)")
@@ -97,24 +109,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def prepare(args: argparse.Namespace) -> Plan:
     """Check everything the run needs before starting anything; make the images."""
-    service_settings = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or key not in settings.VARIABLES:
-            raise BenchError(f"--set {item!r}: expected SERVICE_X=VALUE with one of {', '.join(settings.VARIABLES)}")
-        service_settings[key] = value
+    given = [_given_settings("--set", args.set)] + [_given_settings("--compare", item.split(",")) for item in args.compare]
     try:
         model = settings.load({"SERVICE_MODELS": args.model}).models[0]
+        package = registry.open_package(model)
     except SettingsError as err:
         raise BenchError(f"--model: {err}") from None
-    for reserved in ("SERVICE_MODELS", "SERVICE_DEFAULT_MODEL"):
-        if reserved in service_settings:
-            raise BenchError(f"--set {reserved}: the benchmark serves --model alone")
-    service_settings.update(SERVICE_MODELS=args.model, SERVICE_DEFAULT_MODEL=model.name)
-    try:
-        config = settings.load(service_settings)
-        package = registry.open_package(model)
-    except (SettingsError, ModelError) as err:
+    except ModelError as err:
         raise BenchError(str(err)) from None
 
     cleanup: list[tempfile.TemporaryDirectory] = []
@@ -145,17 +146,9 @@ def prepare(args: argparse.Namespace) -> Plan:
         files = images.make_phone_photos(sources, phone_dir)
         label = f"{label}-phone"
 
-    notes = []
+    notes: list[str] = []
     largest = max(args.images_per_request) * max(f.stat().st_size for f in files) + 64 * 1024
-    if largest > config.max_body_bytes and "SERVICE_MAX_BODY_BYTES" not in service_settings:
-        limit = -(-largest // 2**20) * 2**20
-        service_settings["SERVICE_MAX_BODY_BYTES"] = str(limit)
-        config = settings.load(service_settings)
-        notes.append(f"SERVICE_MAX_BODY_BYTES raised to {limit} ({limit >> 20} MiB) for the largest request "
-                     f"({max(args.images_per_request)} images) of this run")
-    if max(args.images_per_request) > config.max_images_per_request:
-        raise BenchError(f"--images-per-request {max(args.images_per_request)} is more than SERVICE_MAX_IMAGES_PER_REQUEST "
-                         f"({config.max_images_per_request}); --set SERVICE_MAX_IMAGES_PER_REQUEST=N")
+    services = [_service_setup(args, model, chosen, largest, notes) for chosen in given]
     if "naive" not in args.skip:
         keras_dir = args.keras_model or REPO / "models" / model.name
         if not (keras_dir / "model.keras").is_file():
@@ -165,9 +158,45 @@ def prepare(args: argparse.Namespace) -> Plan:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = args.out or REPO / "reports" / f"bench-{model.name}-{label}-{stamp}"
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    env = serve_env(**service_settings)
+    return Plan(args, model, package, services, files, label, out, notes, cleanup)
+
+
+def _given_settings(option: str, items: list[str]) -> dict[str, str]:
+    given = {}
+    for item in (item.strip() for item in items):
+        if item in ("", "defaults"):
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or key not in settings.VARIABLES:
+            raise BenchError(f"{option} {item!r}: expected SERVICE_X=VALUE with one of {', '.join(settings.VARIABLES)}")
+        if key in ("SERVICE_MODELS", "SERVICE_DEFAULT_MODEL"):
+            raise BenchError(f"{option} {key}: the benchmark serves --model alone")
+        given[key] = value
+    return given
+
+
+def _service_setup(args: argparse.Namespace, model: settings.ModelRef, given: dict[str, str], largest_body: int,
+                   notes: list[str]) -> ServiceSetup:
+    label = ", ".join(f"{k}={v}" for k, v in given.items()) or "defaults"
+    chosen = {**given, "SERVICE_MODELS": args.model, "SERVICE_DEFAULT_MODEL": model.name}
+    try:
+        config = settings.load(chosen)
+        if largest_body > config.max_body_bytes and "SERVICE_MAX_BODY_BYTES" not in given:
+            limit = -(-largest_body // 2**20) * 2**20
+            chosen["SERVICE_MAX_BODY_BYTES"] = str(limit)
+            config = settings.load(chosen)
+            note = (f"SERVICE_MAX_BODY_BYTES raised to {limit} ({limit >> 20} MiB) for the largest request "
+                    f"({max(args.images_per_request)} images) of this run")
+            if note not in notes:
+                notes.append(note)
+    except SettingsError as err:
+        raise BenchError(f"{label}: {err}") from None
+    if max(args.images_per_request) > config.max_images_per_request:
+        raise BenchError(f"--images-per-request {max(args.images_per_request)} is more than SERVICE_MAX_IMAGES_PER_REQUEST "
+                         f"({config.max_images_per_request}); --set SERVICE_MAX_IMAGES_PER_REQUEST=N")
+    env = serve_env(**chosen)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    return Plan(args, model, package, config, env, files, label, out, notes, cleanup)
+    return ServiceSetup(label, given, config, env)
 
 
 # --- the run -------------------------------------------------------------------------------------
@@ -188,7 +217,8 @@ def _levels(plan: Plan, server: Server, stage: str, images_per_request: list[int
         bodies = loadgen.request_bodies(files, per_request, {"model": plan.model.name})
 
         def snapshot():
-            return {"cpu": server.cpu_seconds(), "metrics": server.metrics() if with_metrics else ""}
+            return {"cpu": server.cpu_seconds(), "machine_busy_s": machine.busy_seconds(),
+                    "metrics": server.metrics() if with_metrics else ""}
 
         # Warm the server (and BentoML's batcher, which learns the model's latency) before the first level.
         loadgen.run_level(server.url + "/classify", bodies, 4, warmup_s=0, duration_s=1.0, timeout_s=_timeout(plan))
@@ -198,23 +228,25 @@ def _levels(plan: Plan, server: Server, stage: str, images_per_request: list[int
                                       max_window_s=args.max_window, timeout_s=_timeout(plan), snapshot=snapshot)
             summary = level.summary()
             before, after = level.snapshots
-            summary["server_cpu_ms_per_request"] = {
-                role: 1000 * (after["cpu"].get(role, 0.0) - before["cpu"].get(role, 0.0)) / max(1, summary["requests"])
-                for role in after["cpu"] if role != "supervisor" or after["cpu"][role] > before["cpu"].get(role, 0.0)
-            }
+            server_cpu = {role: after["cpu"][role] - before["cpu"].get(role, 0.0) for role in after["cpu"]}
+            summary["server_cpu_ms_per_request"] = {role: 1000 * seconds / max(1, summary["requests"])
+                                                   for role, seconds in server_cpu.items() if seconds > 0}
+            # What the rest of the machine used meanwhile (other people's work on a shared machine), in cores.
+            others = after["machine_busy_s"] - before["machine_busy_s"] - sum(server_cpu.values()) - level.cpu_s
+            summary["other_processes_cores"] = max(0.0, others / level.window_s)
             if with_metrics:
                 summary["server"] = _metric_deltas(before["metrics"], after["metrics"], plan.model.name, summary["requests"])
             summary["answer_ok"] = _answer_ok(level.first_answer, per_request)
             results.append(summary)
             _progress(f"{stage:8s} {concurrency:3d} clients x {per_request:2d} images: {summary['images_per_s']:7.1f} images/s, "
                       f"p50 {_ms(summary['latency_ms']['p50'])}, p99 {_ms(summary['latency_ms']['p99'])}, "
-                      f"{summary['errors']} errors" + (f", mean batch {summary['server']['mean_batch']:.1f}"
+                      f"{summary['errors']} errors, others {summary['other_processes_cores']:.1f} cores" + (f", mean batch {summary['server']['mean_batch']:.1f}"
                                                        if with_metrics and summary["server"]["mean_batch"] else ""))
     return results
 
 
 def _timeout(plan: Plan) -> float:
-    return float(max(60, plan.config.timeout_s + 30))
+    return float(max(60, max(setup.config.timeout_s for setup in plan.services) + 30))
 
 
 def _ms(value: float | None) -> str:
@@ -252,9 +284,9 @@ def _metric_deltas(before: str, after: str, model: str, requests: int) -> dict:
     }
 
 
-def _serve(plan: Plan, name: str, command: list[str] | None = None, target: str | None = None) -> Server:
+def _serve(plan: Plan, name: str, setup: ServiceSetup, command: list[str] | None = None, target: str | None = None) -> Server:
     log = plan.out / "logs" / f"{name}.log"
-    server = Server(command, plan.env, log) if command else Server.bentoml(target, plan.env, log)
+    server = Server(command, setup.env, log) if command else Server.bentoml(target, setup.env, log)
     try:
         server.wait_ready(300)
     except RuntimeError as err:
@@ -262,8 +294,14 @@ def _serve(plan: Plan, name: str, command: list[str] | None = None, target: str 
     return server
 
 
+def _settings(config: settings.Settings) -> dict:
+    return {name: getattr(config, name) for name in ("max_batch_size", "max_latency_ms", "workers", "inference_threads",
+                                                      "jpeg_reduce", "max_images_per_request", "max_body_bytes", "timeout_s")}
+
+
 def run(plan: Plan) -> dict:
     args = plan.args
+    primary = plan.services[0]
     results: dict = {
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": "python -m loadtests.bench " + shlex.join(sys.argv[1:]),
@@ -272,9 +310,8 @@ def run(plan: Plan) -> dict:
         "model": {"tag": f"{plan.package.name}:{plan.package.version}", **plan.package.summary(),
                   "base": plan.package.manifest.get("base")},
         "images": _describe_images(plan),
-        "settings": {name: getattr(plan.config, name) for name in
-                     ("max_batch_size", "max_latency_ms", "workers", "inference_threads", "jpeg_reduce",
-                      "max_images_per_request", "max_body_bytes", "timeout_s")},
+        "settings": _settings(primary.config),
+        "settings_given": primary.label,
         "protocol": {"concurrency": args.concurrency, "images_per_request": args.images_per_request,
                      "warmup_s": args.warmup, "duration_s": args.duration, "min_requests": args.min_requests,
                      "max_window_s": args.max_window, "component_seconds": args.component_seconds},
@@ -285,32 +322,40 @@ def run(plan: Plan) -> dict:
     cores = settings.cpu_count()
     if "decode" not in args.skip:
         _progress(f"decode   {len(plan.files)} files, 1 thread then {cores}")
-        results["decode"] = components.measure_decode(plan.files, plan.package, plan.config, threads=cores,
+        results["decode"] = components.measure_decode(plan.files, plan.package, primary.config, threads=cores,
                                                        seconds=args.component_seconds)
         d = results["decode"]
         _progress(f"decode   {d['latency_ms']['p50']:.2f} ms per image (p50), {d['images_per_s']:.0f} images/s on {cores} threads")
     if "engine" not in args.skip:
-        tensors = np.stack([imaging.preprocess(path.read_bytes(), plan.package.input, max_pixels=plan.config.max_image_pixels,
-                                               jpeg_reduce=plan.config.jpeg_reduce) for path in plan.files[:64]])
+        tensors = np.stack([imaging.preprocess(path.read_bytes(), plan.package.input, max_pixels=primary.config.max_image_pixels,
+                                               jpeg_reduce=primary.config.jpeg_reduce) for path in plan.files[:64]])
         results["engine"] = components.measure_engine(plan.package, tensors, sorted(set(args.batch_sizes)),
-                                                      threads=plan.config.inference_threads,
+                                                      threads=sorted({1, cores}),
                                                       seconds=args.component_seconds)
         for batch in results["engine"]["batches"]:
             _progress(f"engine   batch {batch['batch_size']:3d}: {batch['images_per_s']:7.1f} images/s, "
-                      f"{batch['latency_ms']['p50']:.1f} ms per batch ({results['engine']['provider']})")
-    stages = [("floor", dict(target=FLOOR), args.images_per_request, False),
-              ("service", dict(target=SERVICE), args.images_per_request, True),
-              ("naive", dict(command=[sys.executable, "-m", "loadtests.naive_server", "--model-dir", str(args.keras_model)]),
-               [1], False)]
-    for name, how, per_request, with_metrics in stages:
-        if name in args.skip:
+                      f"{batch['latency_ms']['p50']:.1f} ms per batch ({results['engine']['provider']}, "
+                      f"{batch['threads']} thread{'s' if batch['threads'] > 1 else ''}, the faster)")
+    naive = [sys.executable, "-m", "loadtests.naive_server", "--model-dir", str(args.keras_model)]
+    stages = [("floor", primary, dict(target=FLOOR), args.images_per_request, False),
+              ("service", primary, dict(target=SERVICE), args.images_per_request, True),
+              *((f"compare{i}", setup, dict(target=SERVICE), args.images_per_request, True)
+                for i, setup in enumerate(plan.services[1:], 1)),
+              ("naive", primary, dict(command=naive), [1], False)]
+    for name, setup, how, per_request, with_metrics in stages:
+        if name.rstrip("0123456789") in args.skip or (name.startswith("compare") and "service" in args.skip):
             continue
-        _progress(f"{name:8s} starting")
-        server = _serve(plan, name, **how)
+        _progress(f"{name:8s} starting" + (f" ({setup.label})" if name != "naive" else ""))
+        server = _serve(plan, name, setup, **how)
         try:
-            results[name] = {"levels": _levels(plan, server, name, per_request, with_metrics=with_metrics)}
+            measured = {"levels": _levels(plan, server, name, per_request, with_metrics=with_metrics)}
         finally:
             server.stop()
+        if name.startswith("compare"):
+            results.setdefault("service_compared", []).append(
+                {"label": setup.label, "settings": _settings(setup.config), **measured})
+        else:
+            results[name] = measured
     results["ceiling"] = report.ceilings(results)
     results["targets"] = report.targets(results)
     results["activity_after"] = machine.activity()

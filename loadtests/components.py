@@ -44,7 +44,9 @@ def measure_decode(files: list[Path], package: ModelPackage, config: Settings, *
     for path in files[:2]:
         one(path)  # warm: imports, page cache
     order = itertools.cycle(files)
+    cpu_start = time.process_time()
     latencies = _timed_loop(lambda: one(next(order)), seconds, min_runs=len(files))
+    cpu_one_thread = time.process_time() - cpu_start
 
     counts = [0] * threads
     stop = threading.Event()
@@ -57,41 +59,56 @@ def measure_decode(files: list[Path], package: ModelPackage, config: Settings, *
             counts[index] += 1
 
     with ThreadPoolExecutor(threads) as pool:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         futures = [pool.submit(worker, i) for i in range(threads)]
         time.sleep(seconds)
         stop.set()
         for future in futures:
             future.result()
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     return {
         "files": len(files),
         "threads": threads,
         "latency_ms": _percentiles_ms(latencies),
         "images_per_s_one_thread": len(latencies) / sum(latencies),
         "images_per_s": sum(counts) / elapsed,
+        # CPU time (all threads of this process) per image: what decoding costs whatever else runs
+        "cpu_ms_per_image_one_thread": 1000 * cpu_one_thread / len(latencies),
+        "cpu_ms_per_image": 1000 * cpu / max(1, sum(counts)),
     }
 
 
-def measure_engine(package: ModelPackage, images: np.ndarray, batch_sizes: list[int], *, threads: int,
+def measure_engine(package: ModelPackage, images: np.ndarray, batch_sizes: list[int], *, threads: list[int],
                    seconds: float = 2.0) -> dict:
-    """ONNX Runtime alone on preprocessed tensors (`images`, repeated to fill the largest batch)."""
-    model = engine.Model(package, threads, require_gpu=False)
+    """ONNX Runtime alone on preprocessed tensors (`images`, repeated to fill the largest batch), with
+    each number of intra-op threads in `threads`. "batches" keeps, for each batch size, the fastest:
+    the engine at its best on this machine, whatever the service is set to use."""
     pool = np.concatenate([images] * -(-max(batch_sizes) // len(images)))
-    results = []
-    for size in batch_sizes:
-        batch = np.ascontiguousarray(pool[:size])
-        model.run(batch)  # warm: ONNX Runtime allocates per shape on its first run
-        durations = _timed_loop(lambda batch=batch: model.run(batch), seconds, min_runs=3)
-        results.append({"batch_size": size, "runs": len(durations), "latency_ms": _percentiles_ms(durations),
-                        "images_per_s": size * len(durations) / sum(durations)})
-    return {"provider": model.provider, "threads": threads, "batches": results}
+    by_threads: dict[int, list[dict]] = {}
+    provider = ""
+    for count in threads:
+        model = engine.Model(package, count, require_gpu=False)
+        provider = model.provider
+        by_threads[count] = []
+        for size in batch_sizes:
+            batch = np.ascontiguousarray(pool[:size])
+            model.run(batch)  # warm: ONNX Runtime allocates per shape on its first run
+            cpu_start = time.process_time()
+            durations = _timed_loop(lambda batch=batch: model.run(batch), seconds, min_runs=3)
+            cpu = time.process_time() - cpu_start
+            by_threads[count].append({"batch_size": size, "threads": count, "runs": len(durations),
+                                      "latency_ms": _percentiles_ms(durations),
+                                      "images_per_s": size * len(durations) / sum(durations),
+                                      "cpu_ms_per_image": 1000 * cpu / (size * len(durations))})
+    best = [max(candidates, key=lambda b: b["images_per_s"]) for candidates in zip(*by_threads.values())]
+    return {"provider": provider, "threads": threads, "batches": best,
+            "by_threads": {str(count): results for count, results in by_threads.items()}}
 
 
-def engine_rate(engine_results: dict, batch_size: int) -> float:
-    """Images/s of the largest measured batch size not above `batch_size`."""
+def engine_at(engine_results: dict, batch_size: int) -> dict:
+    """The fastest measured batch size not above `batch_size` (a level can fill no larger batch)."""
     fitting = [b for b in engine_results["batches"] if b["batch_size"] <= batch_size] or engine_results["batches"][:1]
-    return fitting[-1]["images_per_s"]
+    return max(fitting, key=lambda b: b["images_per_s"])
 
 
 def _percentiles_ms(seconds: list[float]) -> dict:

@@ -53,6 +53,12 @@ def activity(sample_s: float = 1.0, top: int = 5) -> dict:
     return {"load_average": [round(x, 2) for x in os.getloadavg()], "busy_processes": busy[:top]}
 
 
+def busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (all cores, all processes) since it started."""
+    times = psutil.cpu_times()
+    return times.user + times.nice + times.system + getattr(times, "irq", 0.0) + getattr(times, "softirq", 0.0)
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:

@@ -26,16 +26,16 @@ def _level(stage: dict | None, concurrency: int, images_per_request: int) -> dic
 def ceilings(results: dict) -> list[dict]:
     """1 / (1/engine + 1/decode + 1/floor) for each level, in images/s.
 
-    engine: the largest measured batch that the level can fill (clients x images per request, at
-    most SERVICE_MAX_BATCH_SIZE); floor: the floor's requests/s at the same level x images per request."""
+    engine: the fastest measured batch size that the level can fill (clients x images per request),
+    with the faster thread count; floor: the floor's requests/s at the same level x images per request.
+    None of the three depends on the service's settings: the ceiling is the machine's."""
     if not all(results.get(stage) for stage in ("engine", "decode", "floor")):
         return []
-    max_batch = results["settings"]["max_batch_size"]
     decode = results["decode"]["images_per_s"]
     rows = []
     for floor in results["floor"]["levels"]:
-        batch = min(floor["concurrency"] * floor["images_per_request"], max_batch)
-        engine = components.engine_rate(results["engine"], batch)
+        fastest = components.engine_at(results["engine"], floor["concurrency"] * floor["images_per_request"])
+        batch, engine = fastest["batch_size"], fastest["images_per_s"]
         floor_images = floor["images_per_s"]
         rows.append({"concurrency": floor["concurrency"], "images_per_request": floor["images_per_request"],
                      "engine_batch": batch, "engine_images_per_s": engine, "decode_images_per_s": decode,
@@ -137,8 +137,11 @@ def markdown(results: dict) -> str:
               _table(["target", "measured", "result"],
                      [[t["target"], t["measured"], {True: "met", False: "**missed**", None: "not measured"}[t["met"]]]
                       for t in results.get("targets", [])]), ""]
-    parts += ["## Service, ceiling and naive baseline", "", "![images/s against concurrency](throughput.png)",
-              "![latency percentiles](latency.png)", ""]
+    parts += [f"## Service ({results.get('settings_given', 'defaults')}), ceiling and naive baseline", "", "![images/s against concurrency](throughput.png)",
+              "![latency percentiles](latency.png)", "",
+              "Ceiling: 1 / (1/engine + 1/decode + 1/floor) for the level (the engine at the fastest batch size the level "
+              "can fill, with the faster thread count; the floor at the same level). Others' cores: the CPU the rest of "
+              "the machine used during the window.", ""]
     for per_request in results["protocol"]["images_per_request"]:
         rows = []
         for level in (results.get("service") or {}).get("levels", []):
@@ -153,14 +156,44 @@ def markdown(results: dict) -> str:
                          _f(naive["images_per_s"]) if naive else "-",
                          _f(level["images_per_s"] / naive["images_per_s"], 1, "x") if naive and naive["images_per_s"] else "-",
                          _f(lat["p50"]), _f(lat["p95"]), _f(lat["p99"]), _f(_tail(level), 1, "x"),
-                         str(level["errors"]), _f((level.get("server") or {}).get("mean_batch"), 1)])
+                         str(level["errors"]), _f((level.get("server") or {}).get("mean_batch"), 1),
+                         _f(level.get("other_processes_cores"), 1)])
         parts += [f"### {per_request} image{'s' if per_request > 1 else ''} per request", "",
                   _table(["clients", "images/s", "ceiling", "of ceiling", "naive", "vs naive", "p50 ms", "p95 ms",
-                          "p99 ms", "p99/p50", "errors", "mean batch"], rows), ""]
+                          "p99 ms", "p99/p50", "errors", "mean batch", "others' cores"], rows), ""]
+    parts += _compared_section(results)
     parts += _parts_alone(results)
     parts += _time_section(results)
     parts += _loadgen_section(results)
     return "\n".join(parts) + "\n"
+
+
+def _compared_section(results: dict) -> list[str]:
+    """The service with each set of settings measured in this run, level by level."""
+    setups = [{"label": results.get("settings_given", "defaults"), **results["service"]}] if results.get("service") else []
+    setups += results.get("service_compared", [])
+    if len(setups) < 2:
+        return []
+    parts = ["## Service settings compared (same run)", "",
+             "images/s (share of the ceiling), p50 / p99 ms, CPU ms per image (all processes, load generator included).", ""]
+    for per_request in results["protocol"]["images_per_request"]:
+        header = ["settings"] + [f"{c} client{'s' if c > 1 else ''}" for c in results["protocol"]["concurrency"]]
+        rows = []
+        for setup in setups:
+            cells = [setup["label"]]
+            for c in results["protocol"]["concurrency"]:
+                level = _level(setup, c, per_request)
+                if level is None:
+                    cells.append("-")
+                    continue
+                ceiling = _ceiling(results, c, per_request)
+                used, _ = cpu_per_image(results, level)
+                cells.append(f"{level['images_per_s']:.1f}" + (f" ({level['images_per_s'] / ceiling:.0%})" if ceiling else "")
+                             + f", {_f(level['latency_ms']['p50'], 0)} / {_f(level['latency_ms']['p99'], 0)} ms, "
+                             f"{sum(used.values()):.1f} ms CPU" + (f", {level['errors']} errors" if level["errors"] else ""))
+            rows.append(cells)
+        parts += [f"{per_request} image{'s' if per_request > 1 else ''} per request:", "", _table(header, rows), ""]
+    return parts
 
 
 def _parts_alone(results: dict) -> list[str]:
@@ -228,20 +261,39 @@ def _time_section(results: dict) -> list[str]:
         parts += ["Mean latency (ms) by where it went, from the service's /metrics over each window:", "",
                   _table(["clients x images", "mean", *names], rows), ""]
     rows = []
-    cores = results["machine"]["cores_usable"]
     for level in service.get("levels", []):
-        cpu = level["server_cpu_ms_per_request"]
-        per_image = {role: ms / level["images_per_request"] for role, ms in cpu.items()}
-        client = (level["client_cpu_ms_per_request"] or 0.0) / level["images_per_request"]
-        ceiling = _ceiling(results, level["concurrency"], level["images_per_request"])
-        rows.append([f"{level['concurrency']} x {level['images_per_request']}", _f(client, 2)]
-                    + [_f(per_image.get(role), 2) for role in ("worker:image_classifier", "worker:inference")]
-                    + [_f(client + sum(per_image.values()), 2), _f(1000 * cores / ceiling, 2) if ceiling else "-"])
+        used, parts_alone = cpu_per_image(results, level)
+        rows.append([f"{level['concurrency']} x {level['images_per_request']}", *(_f(v, 2) for v in used.values()),
+                     _f(sum(used.values()), 2), *(_f(v, 2) for v in parts_alone.values()),
+                     _f(sum(parts_alone.values()), 2) if parts_alone else "-"])
     if rows:
-        parts += [f"CPU time per image (ms) by process; the ceiling's budget is {cores} cores / ceiling:", "",
-                  _table(["clients x images", "load generator", "public service", "inference service", "total", "ceiling budget"],
-                         rows), ""]
+        used, parts_alone = cpu_per_image(results, service["levels"][0])
+        parts += ["CPU time per image (ms), all cores together: the service's processes, and the same work done by the "
+                  "parts alone (engine at the level's batch, decode, the floor's server and load generator at the same "
+                  "level). The difference is what the service adds: the hop to the inference service, batching, "
+                  "serialisation.", "",
+                  _table(["clients x images", *used, "service total", *(f"alone: {k}" for k in parts_alone),
+                          "parts alone total"], rows), ""]
     return parts
+
+
+def cpu_per_image(results: dict, level: dict) -> tuple[dict[str, float], dict[str, float]]:
+    """CPU ms per image of a service level by process, and of the parts alone for the same level."""
+    per_request = level["images_per_request"]
+    cpu = level["server_cpu_ms_per_request"]
+    used = {"load generator": (level["client_cpu_ms_per_request"] or 0.0) / per_request,
+            "public service": cpu.get("worker:image_classifier", 0.0) / per_request,
+            "inference service": cpu.get("worker:inference", 0.0) / per_request}
+    floor = _level(results.get("floor"), level["concurrency"], per_request)
+    if not (floor and results.get("engine") and results.get("decode")):
+        return used, {}
+    # the engine at the batch size the service ran (its mean batch, from /metrics)
+    batch = (level.get("server") or {}).get("mean_batch") or 1
+    engine = [b for b in results["engine"]["batches"] if b["batch_size"] <= round(batch)] or results["engine"]["batches"][:1]
+    return used, {"floor and load generator": (sum(floor["server_cpu_ms_per_request"].values())
+                                               + (floor["client_cpu_ms_per_request"] or 0.0)) / per_request,
+                  "decode": results["decode"]["cpu_ms_per_image"],
+                  "engine": engine[-1]["cpu_ms_per_image"]}
 
 
 def _loadgen_section(results: dict) -> list[str]:
@@ -273,21 +325,24 @@ def plots(results: dict, out: Path) -> list[Path]:
     per_requests = results["protocol"]["images_per_request"]
     colors = {1: "tab:blue", 16: "tab:green"}
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(10, 5))
     for per_request in per_requests:
         color = colors.get(per_request, None)
         service = [l for l in (results.get("service") or {}).get("levels", []) if l["images_per_request"] == per_request]
         if service:
             ax.plot([l["concurrency"] for l in service], [l["images_per_s"] for l in service], "o-", color=color,
-                    label=f"service, {per_request} image(s)/request")
+                    label=f"service ({results.get('settings_given', 'defaults')}), {per_request} image(s)/request")
+        for compared, marker in zip(results.get("service_compared", []), "vD<>"):
+            levels = [l for l in compared["levels"] if l["images_per_request"] == per_request]
+            ax.plot([l["concurrency"] for l in levels], [l["images_per_s"] for l in levels], marker + "-.", color=color,
+                    alpha=0.6, label=f"service ({compared['label']}), {per_request} image(s)/request")
         ceiling = [r for r in results.get("ceiling", []) if r["images_per_request"] == per_request]
         if ceiling:
             ax.plot([r["concurrency"] for r in ceiling], [r["ceiling_images_per_s"] for r in ceiling], "s--", color=color,
                     alpha=0.7, label=f"ceiling, {per_request} image(s)/request")
     if results.get("engine"):
-        max_batch = results["settings"]["max_batch_size"]
-        ax.plot(concurrency, [components.engine_rate(results["engine"], min(c, max_batch)) for c in concurrency], "^:",
-                color="tab:orange", label="engine alone, batch = clients")
+        ax.plot(concurrency, [components.engine_at(results["engine"], c)["images_per_s"] for c in concurrency], "^:",
+                color="tab:orange", label="engine alone, fastest batch <= clients")
     naive = (results.get("naive") or {}).get("levels", [])
     if naive:
         ax.plot([l["concurrency"] for l in naive], [l["images_per_s"] for l in naive], "x-", color="tab:red",
@@ -299,7 +354,7 @@ def plots(results: dict, out: Path) -> list[Path]:
     ax.set_ylim(bottom=0)
     ax.set_title(f"{results['model']['tag']} on {results['images']['label']} images")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     written.append(_save(fig, out / "throughput.png"))
 
     fig, axes = plt.subplots(1, len(per_requests), figsize=(6 * len(per_requests), 4.5), squeeze=False)
@@ -323,7 +378,7 @@ def plots(results: dict, out: Path) -> list[Path]:
 
     levels = [l for l in (results.get("service") or {}).get("levels", []) if latency_breakdown(l)]
     if levels:
-        fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [3, 2]})
+        fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5), gridspec_kw={"width_ratios": [3, 2]})
         labels = [f"{l['concurrency']}x{l['images_per_request']}" for l in levels]
         shares = [latency_breakdown(l) for l in levels]
         bottom = [0.0] * len(levels)
@@ -334,24 +389,25 @@ def plots(results: dict, out: Path) -> list[Path]:
         left.set_ylabel("% of the mean latency")
         left.set_xlabel("clients x images per request")
         left.set_title("Where a request's time goes (service /metrics)")
-        left.legend(fontsize=7, loc="lower left")
-        cores = results["machine"]["cores_usable"]
+        left.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
         one = [l for l in levels if l["images_per_request"] == 1]
-        roles = (("load generator", None), ("public service", "worker:image_classifier"), ("inference service", "worker:inference"))
-        bottom = [0.0] * len(one)
-        for name, role in roles:
-            values = [(l["client_cpu_ms_per_request"] or 0.0) if role is None else l["server_cpu_ms_per_request"].get(role, 0.0)
-                      for l in one]
-            right.bar([str(l["concurrency"]) for l in one], values, bottom=bottom, label=name)
-            bottom = [b + v for b, v in zip(bottom, values)]
-        budget = [_ceiling(results, l["concurrency"], 1) for l in one]
-        if all(budget):
-            right.plot([str(l["concurrency"]) for l in one], [1000 * cores / b for b in budget], "k_", markersize=30,
-                       mew=2, label=f"ceiling: {cores} cores / ceiling rate")
+        positions = range(len(one))
+        for offset, which, colors in ((-0.2, 0, ("tab:gray", "tab:orange", "tab:green")),
+                                      (0.2, 1, ("tab:purple", "tab:olive", "tab:blue"))):
+            splits = [cpu_per_image(results, l)[which] for l in one]
+            if not all(splits):
+                continue
+            bottom = [0.0] * len(one)
+            for name, color in zip(splits[0], colors):
+                values = [split[name] for split in splits]
+                right.bar([p + offset for p in positions], values, width=0.38, bottom=bottom, color=color,
+                          label=("service: " if which == 0 else "parts alone: ") + name)
+                bottom = [b + v for b, v in zip(bottom, values)]
+        right.set_xticks(list(positions), [str(l["concurrency"]) for l in one])
         right.set_ylabel("CPU ms per image")
         right.set_xlabel("clients (1 image per request)")
-        right.set_title("Where the cores go")
-        right.legend(fontsize=7)
+        right.set_title("Where the cores go: service (left) vs parts alone (right)")
+        right.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
         written.append(_save(fig, out / "time.png"))
     return written
 

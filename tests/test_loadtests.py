@@ -22,6 +22,7 @@ def test_bench_runs_every_stage_and_writes_a_well_formed_report(tmp_path, export
     command = [sys.executable, "-m", "loadtests.bench", "--model", "scratch", "--limit", "6",
                "--concurrency", "1", "2", "--images-per-request", "1", "2", "--batch-sizes", "1", "2",
                "--component-seconds", "0.2", "--warmup", "0.2", "--duration", "0.5", "--min-requests", "1",
+               "--compare", "SERVICE_MAX_BATCH_SIZE=2,SERVICE_INFERENCE_THREADS=1",
                "--keras-model", str(trained_models["scratch"]), "--out", str(out)]
     run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=400)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -33,14 +34,18 @@ def test_bench_runs_every_stage_and_writes_a_well_formed_report(tmp_path, export
     assert [b["batch_size"] for b in report["engine"]["batches"]] == [1, 2]
     assert all(b["images_per_s"] > 0 for b in report["engine"]["batches"])
     assert report["decode"]["files"] == 6 and report["decode"]["images_per_s"] > 0
-    for stage, levels in (("floor", LEVELS), ("service", LEVELS), ("naive", {(1, 1), (2, 1)})):
-        measured = report[stage]["levels"]
+    assert [c["label"] for c in report["service_compared"]] == ["SERVICE_MAX_BATCH_SIZE=2, SERVICE_INFERENCE_THREADS=1"]
+    assert report["service_compared"][0]["settings"]["max_batch_size"] == 2
+    stages = {"floor": report["floor"], "service": report["service"], "compared": report["service_compared"][0],
+              "naive": report["naive"]}
+    for stage, levels in (("floor", LEVELS), ("service", LEVELS), ("compared", LEVELS), ("naive", {(1, 1), (2, 1)})):
+        measured = stages[stage]["levels"]
         assert {(l["concurrency"], l["images_per_request"]) for l in measured} == levels, stage
         for level in measured:
             assert level["requests"] > 0 and level["errors"] == 0 and level["answer_ok"], (stage, level)
             latency = level["latency_ms"]
             assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"], (stage, latency)
-    for level in report["service"]["levels"]:
+    for level in report["service"]["levels"] + report["service_compared"][0]["levels"]:
         assert 1 <= level["server"]["mean_batch"] <= 2 * level["images_per_request"]
         assert level["server_cpu_ms_per_request"]["worker:inference"] > 0
     # The ceiling is below each of its three terms, for every level.
@@ -54,13 +59,13 @@ def test_bench_runs_every_stage_and_writes_a_well_formed_report(tmp_path, export
     assert isinstance(targets["no errors at any level"], bool)
 
     markdown = (out / "bench.md").read_text()
-    for heading in ("## Machine", "## Targets", "## Service, ceiling and naive baseline", "## The parts alone",
-                    "## Where a request's time goes", "## The load generator"):
+    for heading in ("## Machine", "## Targets", "## Service (defaults), ceiling and naive baseline", "## The parts alone",
+                    "## Where a request's time goes", "## The load generator", "## Service settings compared (same run)"):
         assert heading in markdown
     for plot in ("throughput.png", "latency.png", "time.png"):
         with Image.open(out / plot) as image:
             assert image.format == "PNG" and image.width > 300
-    assert {p.name for p in (out / "logs").iterdir()} == {"floor.log", "service.log", "naive.log"}
+    assert {p.name for p in (out / "logs").iterdir()} == {"floor.log", "service.log", "compare1.log", "naive.log"}
     assert "report in" in run.stdout and "wrote" in run.stdout
 
 
