@@ -87,6 +87,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--min-requests", type=int, default=50,
                         help="extend a level's window until this many answers, up to --max-window (default: 50)")
     parser.add_argument("--max-window", type=float, default=30.0, help="longest measurement window of a level, seconds (default: 30)")
+    parser.add_argument("--max-images-in-flight", type=int, metavar="N",
+                        help="leave out the levels where clients x images per request exceeds N (12 MP photos: the slowest)")
     parser.add_argument("--set", action="append", default=[], metavar="SERVICE_X=VALUE",
                         help="a service setting for the floor and the service (repeatable), e.g. SERVICE_MAX_BATCH_SIZE=16")
     parser.add_argument("--compare", action="append", default=[], metavar="SERVICE_X=VALUE,...",
@@ -97,7 +99,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip", action="append", default=[], choices=STAGES, help="leave a stage out (repeatable)")
     parser.add_argument("--out", type=Path, help="report folder (default: reports/bench-MODEL-IMAGES-TIME)")
     args = parser.parse_args(argv)
-    for name in ("limit", "phone_photos", "min_requests"):
+    for name in ("limit", "phone_photos", "min_requests", "max_images_in_flight"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if min(args.concurrency + args.images_per_request + args.batch_sizes) < 1:
@@ -223,6 +225,9 @@ def _levels(plan: Plan, server: Server, stage: str, images_per_request: list[int
         # Warm the server (and BentoML's batcher, which learns the model's latency) before the first level.
         loadgen.run_level(server.url + "/classify", bodies, 4, warmup_s=0, duration_s=1.0, timeout_s=_timeout(plan))
         for concurrency in args.concurrency:
+            if args.max_images_in_flight and concurrency * per_request > args.max_images_in_flight:
+                _progress(f"{stage:8s} {concurrency:3d} clients x {per_request:2d} images: left out (--max-images-in-flight)")
+                continue
             level = loadgen.run_level(server.url + "/classify", bodies, concurrency, warmup_s=args.warmup,
                                       duration_s=args.duration, min_requests=args.min_requests,
                                       max_window_s=args.max_window, timeout_s=_timeout(plan), snapshot=snapshot)
@@ -314,7 +319,8 @@ def run(plan: Plan) -> dict:
         "settings_given": primary.label,
         "protocol": {"concurrency": args.concurrency, "images_per_request": args.images_per_request,
                      "warmup_s": args.warmup, "duration_s": args.duration, "min_requests": args.min_requests,
-                     "max_window_s": args.max_window, "component_seconds": args.component_seconds},
+                     "max_window_s": args.max_window, "component_seconds": args.component_seconds,
+                     "max_images_in_flight": args.max_images_in_flight},
         "notes": plan.notes,
     }
     for note in plan.notes:
