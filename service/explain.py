@@ -1,9 +1,10 @@
 """Grad-CAM heatmaps from the exported model's outputs, with numpy and Pillow only.
 
-The exported graph (docs/model-package.md) gives, for each image, the `feature_map` activations
-A [h, w, K] and the `gradcam_weights` [classes, K]: each class score's gradient with respect to A,
-averaged over the positions, computed inside the graph (training/gradcam.py says how). What is
-left is Grad-CAM's last step, as Keras' Grad-CAM example does it:
+The model package (docs/model-package.md) gives, for each image, the `feature_map` activations
+A [h, w, K] (an output of model.onnx) and, from gradcam.onnx run on them, the `gradcam_weights`
+[classes, K]: each class score's gradient with respect to A, averaged over the positions
+(training/gradcam.py says how). What is left is Grad-CAM's last step, as Keras' Grad-CAM example
+does it:
 
     heatmap = ReLU(sum_k weights[c, k] * A[:, :, k]), divided by its maximum
 
@@ -13,11 +14,11 @@ model's input, which is the whole image resized), coloured with the Turbo colour
 the image, more opaque where the heat is higher, and encoded as PNG.
 
 A request's stages (POST /explain):
-    inference process   `infer`: ONNX Runtime, then every class's heatmap [N, classes, h, w]
-                        (small: the feature map itself never leaves the process)
+    inference process   `infer`: model.onnx, gradcam.onnx on its feature map, then every class's
+                        heatmap [N, classes, h, w] (small: the feature map never leaves the process)
     public process      `class_index` (the predicted class, or the label asked for), then
                         `overlay_png`: upsample, colour, overlay, PNG; `centres(manifest)` once per model
-A package exported before the Grad-CAM outputs existed cannot explain: `supports(manifest)`.
+A package exported before Grad-CAM was added has no gradcam.onnx: `gradcam_file(manifest)` is None.
 """
 
 from __future__ import annotations
@@ -39,19 +40,22 @@ MIN_OPACITY, MAX_OPACITY = 0.25, 0.7
 # The overlay's longer side: the image's own, but at least this (small model inputs such as
 # MNIST's 28 pixels become visible) and at most that (a photo does not become a 30 MB PNG).
 SMALLEST_SIDE, LARGEST_SIDE = 256, 512
-ONNX_OUTPUTS = ("probabilities", "feature_map", "gradcam_weights")
 
 
-def supports(manifest: dict) -> bool:
-    """Whether the package's graph has the Grad-CAM outputs (exports since they were added do)."""
-    outputs = (manifest.get("export") or {}).get("outputs") or {}
-    return all(name in outputs for name in ONNX_OUTPUTS)
+def gradcam_file(manifest: dict) -> str | None:
+    """The package's Grad-CAM graph (relative to the package), or None for a package exported
+    before there was one: it cannot explain."""
+    export = manifest.get("export") or {}
+    if "feature_map" not in (export.get("outputs") or {}):
+        return None
+    return ((export.get("gradcam") or {}).get("onnx") or {}).get("path")
 
 
-def infer(session, input_name: str, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One ONNX Runtime call for a batch [N, H, W, C] (float32 0-255): probabilities [N, classes] and
-    every class's heatmap [N, classes, h, w] in [0, 1]."""
-    probabilities, feature_map, weights = session.run(list(ONNX_OUTPUTS), {input_name: images})
+def infer(session, gradcam_session, input_name: str, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A batch [N, H, W, C] (float32 0-255) through model.onnx's `session` and gradcam.onnx's:
+    probabilities [N, classes] and every class's heatmap [N, classes, h, w] in [0, 1]."""
+    probabilities, feature_map = session.run(["probabilities", "feature_map"], {input_name: images})
+    (weights,) = gradcam_session.run(["gradcam_weights"], {"feature_map": feature_map})
     return probabilities, heatmaps(feature_map, weights)
 
 

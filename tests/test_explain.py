@@ -7,6 +7,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from PIL import Image, ImageDraw
@@ -26,8 +27,9 @@ ALL = ["scratch", "augmented", "transfer", "finetuned", "mnist", "basenet", "tra
 
 def service_explain(model_dir, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The service's inference stage for /explain: probabilities and every class's heatmap."""
-    session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
-    return explain.infer(session, "image", images)
+    sessions = [ort.InferenceSession(str(model_dir / name), providers=["CPUExecutionProvider"])
+                for name in ("model.onnx", "gradcam.onnx")]
+    return explain.infer(*sessions, "image", images)
 
 
 def sample_inputs(manifest, count=4):
@@ -46,15 +48,22 @@ def sample_inputs(manifest, count=4):
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_export_records_gradcam_outputs_checked_against_gradient_tape(exported_models, name):
-    export = exported_models[name]["export"]
+def test_export_writes_gradcam_onnx_checked_against_gradient_tape(exported_models, trained_models, name):
+    manifest = exported_models[name]
+    export = manifest["export"]
     parity = export["parity"]
-    for figure in ("max_rel_diff_feature_map", "max_rel_diff_gradcam_weights", "max_rel_diff_gradcam_weights_vs_gradient_tape"):
+    for figure in ("max_rel_diff_feature_map", "max_rel_diff_gradcam_weights_vs_gradient_tape"):
         assert 0 <= parity[figure] <= 1e-4, figure
     gradcam = export["gradcam"]
-    assert (gradcam["feature_map"], gradcam["weights"]) == ("feature_map", "gradcam_weights")
+    fh, fw, d = export["outputs"]["feature_map"]["shape"][1:]
+    k = len(manifest["classes"])
+    assert gradcam["onnx"] == {"path": "gradcam.onnx", "input": "feature_map", "output": "gradcam_weights"}
+    assert gradcam["weights_shape"] == [None, k, d] and explain.gradcam_file(manifest) == "gradcam.onnx"
+    assert manifest["files"]["gradcam.onnx"]["bytes"] == (trained_models[name] / "gradcam.onnx").stat().st_size
+    graph = onnx.load(trained_models[name] / "gradcam.onnx").graph
+    assert [(v.name, [x.dim_param or x.dim_value for x in v.type.tensor_type.shape.dim]) for v in (*graph.input, *graph.output)] \
+        == [("feature_map", ["batch", fh, fw, d]), ("gradcam_weights", ["batch", k, d])]
     centres = gradcam["feature_map_centres"]
-    fh, fw = export["outputs"]["feature_map"]["shape"][1:3]
     for axis, positions, size in (("y", fh, exported_models[name]["input"]["height"]), ("x", fw, exported_models[name]["input"]["width"])):
         first, last = centres[axis]["offset"], centres[axis]["offset"] + centres[axis]["stride"] * (positions - 1)
         assert 0 < first <= last < size  # every position's centre lies inside the image
@@ -113,9 +122,9 @@ def test_analytic_weights_equal_gradient_tape_for_other_heads():
         GradCamWeights(head_layers(bad))
 
 
-def test_heatmap_pictures(exported_models):
-    assert explain.supports(exported_models["mnist"])
-    assert not explain.supports({"export": {"outputs": {"probabilities": {}, "features": {}}}}) and not explain.supports({})
+def test_heatmap_pictures():
+    assert explain.gradcam_file({"export": {"outputs": {"probabilities": {}, "features": {}}}}) is None  # exported before
+    assert explain.gradcam_file({}) is None
     assert explain.class_index(("cats", "dogs"), np.array([0.3, 0.7])) == 1
     assert explain.class_index(("cats", "dogs"), np.array([0.3, 0.7]), "cats") == 0
     with pytest.raises(ValueError, match="unknown label 'owls'; the model's classes: cats, dogs"):

@@ -32,8 +32,7 @@ def test_export_records_parity_files_and_shapes(exported_models, trained_models,
     assert export["input"] == {"name": "image", "shape": [None, h, w, c], "dtype": "float32"}
     assert export["outputs"] == {"probabilities": {"shape": [None, k], "dtype": "float32"},
                                  "features": {"shape": [None, d], "dtype": "float32"},
-                                 "feature_map": {"shape": [None, fh, fw, d], "dtype": "float32"},
-                                 "gradcam_weights": {"shape": [None, k, d], "dtype": "float32"}}
+                                 "feature_map": {"shape": [None, fh, fw, d], "dtype": "float32"}}
     assert 1 <= fh <= h and 1 <= fw <= w
     assert export["onnx"]["opset"] == 17
     assert {"tf2onnx", "onnx", "onnxruntime-gpu", "tensorflow"} <= set(export["versions"])
@@ -51,8 +50,7 @@ def test_export_records_parity_files_and_shapes(exported_models, trained_models,
 
     assert [(i.name, dims(i)) for i in model.graph.input] == [("image", ["batch", h, w, c])]
     assert sorted((o.name, dims(o)) for o in model.graph.output) == [
-        ("feature_map", ["batch", fh, fw, d]), ("features", ["batch", d]), ("gradcam_weights", ["batch", k, d]),
-        ("probabilities", ["batch", k])]
+        ("feature_map", ["batch", fh, fw, d]), ("features", ["batch", d]), ("probabilities", ["batch", k])]
 
 
 def test_saved_model_signature(exported_models, trained_models):
@@ -63,7 +61,7 @@ def test_saved_model_signature(exported_models, trained_models):
     (spec,) = signature.structured_input_signature[1].values()
     assert spec.name == "image" and spec.shape.as_list() == [None, 48, 48, 3] and spec.dtype == tf.float32
     assert {name: t.shape.as_list() for name, t in signature.structured_outputs.items()} == {
-        "probabilities": [None, 2], "features": [None, 1280], "feature_map": [None, 2, 2, 1280], "gradcam_weights": [None, 2, 1280]}
+        "probabilities": [None, 2], "features": [None, 1280], "feature_map": [None, 2, 2, 1280]}
     out = signature(image=tf.fill((3, 48, 48, 3), 100.0))
     np.testing.assert_allclose(tf.reduce_sum(out["probabilities"], axis=1), np.ones(3), rtol=1e-5)
 
@@ -107,7 +105,7 @@ def test_onnx_runs_where_tensorflow_cannot_be_imported(exported_models, trained_
                             capture_output=True, text=True, check=True)
     got = json.loads(result.stdout.strip().splitlines()[-1])
     assert got == {"probabilities": [3, len(m["classes"])], "features": [3, m["outputs"]["features"]["shape"][1]],
-                   **{name: [3, *m["export"]["outputs"][name]["shape"][1:]] for name in ("feature_map", "gradcam_weights")}}
+                   "feature_map": [3, *m["export"]["outputs"]["feature_map"]["shape"][1:]]}
 
 
 def test_parity_failure_gives_the_figures(exported_models, trained_models):

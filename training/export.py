@@ -1,18 +1,22 @@
 """Export: a trained Keras model to SavedModel and ONNX, proven equal, registered with BentoML.
 
 The exported graph is the inference model: the core of the trained model (no augmentation
-layers), called with `training=False` (dropout off), with four named outputs:
+layers), called with `training=False` (dropout off), with three named outputs:
 
 - `probabilities` [N, classes]: a one-unit sigmoid output p is exported as [1 - p, p];
 - `features` [N, D]: global average pooling of the `feature_map` layer;
-- `feature_map` [N, h, w, D]: the `feature_map` layer's activations (for Grad-CAM);
-- `gradcam_weights` [N, classes, D]: each class score's gradient with respect to `feature_map`,
-  averaged over the positions (see training/gradcam.py); the service turns both into heatmaps.
+- `feature_map` [N, h, w, D]: the `feature_map` layer's activations (computed anyway: free).
+
+Grad-CAM's other half is a graph of its own, gradcam.onnx: `feature_map` in, `gradcam_weights`
+[N, classes, D] out, each class score's gradient with respect to `feature_map` averaged over the
+positions (training/gradcam.py). Only POST /explain runs it: ONNX Runtime runs every node of a
+graph whatever outputs are asked for, so in model.onnx it would cost every classification (for a
+GAP-Dense-Dense head, classes x 256 x D multiply-adds per image).
 
 Every export runs ONNX Runtime (CPU) and Keras on real images of the model's dataset plus random
 inputs, and fails unless they agree (largest absolute difference of `probabilities` at most 1e-4,
-same top-1 label; the Grad-CAM outputs within 1e-4 of their largest value, and the exported
-Grad-CAM weights within as much of tf.GradientTape's). The figures go into the manifest.
+same top-1 label; `feature_map` within 1e-4 of its largest value, and gradcam.onnx's weights on
+ONNX Runtime's feature map within as much of tf.GradientTape's on Keras'). The figures go into the manifest.
 """
 
 from __future__ import annotations
@@ -36,15 +40,14 @@ from .train import load_keras_model
 # Opset 17 runs on every ONNX Runtime of the last years (>= 1.12) and holds every op these models use.
 OPSET = 17
 TOLERANCE = 1e-4
-OUTPUTS = ("probabilities", "features", "feature_map", "gradcam_weights")
 ONNX_FILE = "model.onnx"
+GRADCAM_FILE = "gradcam.onnx"
 SAVED_MODEL_DIR = "saved_model"
 # What goes into the BentoML model store: what serving and TF Serving need, not the training state.
-PACKAGE_FILES = (MANIFEST, ONNX_FILE, SAVED_MODEL_DIR, "evaluation.json", "history.json", "curves.png")
-# How the service turns the two Grad-CAM outputs into a heatmap (docs/model-package.md).
+PACKAGE_FILES = (MANIFEST, ONNX_FILE, GRADCAM_FILE, SAVED_MODEL_DIR, "evaluation.json", "history.json", "curves.png")
+# How the service turns feature_map and gradcam_weights into a heatmap (docs/model-package.md).
 GRADCAM_RECORD = {
-    "feature_map": "feature_map",
-    "weights": "gradcam_weights",
+    "onnx": {"path": GRADCAM_FILE, "input": "feature_map", "output": "gradcam_weights"},
     "class_score": "logit (the output layer's pre-activation); a one-unit sigmoid model's class 0 scores -logit",
     "heatmap": "relu(sum over k of gradcam_weights[c, k] * feature_map[:, :, k]) / its maximum",
     "placement": "feature_map_centres: position i's receptive field is centred at offset + stride * i input pixels",
@@ -61,20 +64,27 @@ def inference_model(model: keras.Model) -> keras.Model:
         probabilities = keras.layers.Concatenate(name="two_class_probabilities")([1.0 - probabilities, probabilities])
     feature_map = core.get_layer(FEATURE_MAP).output
     features = keras.layers.GlobalAveragePooling2D(name="pooled_feature_map")(feature_map)
+    return keras.Model(core.input, {"probabilities": probabilities, "features": features, "feature_map": feature_map},
+                       name="inference")
+
+
+def gradcam_model(model: keras.Model) -> keras.Model:
+    """`feature_map` activations in, Grad-CAM weights out: the derivative of the trained model's head."""
+    core = core_of(model)
+    feature_map = keras.Input(core.get_layer(FEATURE_MAP).output.shape[1:], name="feature_map")
     weights = GradCamWeights(head_layers(core), name="gradcam_weights")(feature_map)
-    outputs = {"probabilities": probabilities, "features": features, "feature_map": feature_map, "gradcam_weights": weights}
-    return keras.Model(core.input, outputs, name="inference")
+    return keras.Model(feature_map, {"gradcam_weights": weights}, name="gradcam")
 
 
-def _serving_function(inference: keras.Model):
+def _serving_function(model: keras.Model, input_name: str = "image"):
     import tensorflow as tf
 
-    spec = tf.TensorSpec((None, *inference.input.shape[1:]), tf.float32, name="image")
+    spec = tf.TensorSpec((None, *model.input.shape[1:]), tf.float32, name=input_name)
 
     @tf.function(input_signature=[spec])
-    def serve(image):
-        outputs = inference(image, training=False)
-        return {name: outputs[name] for name in OUTPUTS}
+    def serve(inputs):
+        outputs = model(inputs, training=False)
+        return {name: outputs[name] for name in model.output}
 
     return serve, spec
 
@@ -89,18 +99,18 @@ def write_saved_model(inference: keras.Model, path: Path) -> None:
     archive.write_out(str(path), verbose=False)
 
 
-def write_onnx(inference: keras.Model, path: Path, opset: int = OPSET) -> None:
+def write_onnx(model: keras.Model, path: Path, opset: int = OPSET, input_name: str = "image") -> None:
     import onnx
     import tf2onnx
 
-    serve, spec = _serving_function(inference)
+    serve, spec = _serving_function(model, input_name)
     model_proto, _ = tf2onnx.convert.from_function(serve, input_signature=[spec], opset=opset)
     # Name the dynamic batch dimension, so that every tool shows [batch, H, W, C], and give every
     # output the static shape Keras knows (tf2onnx loses some through the Grad-CAM weights' concat).
     for value in list(model_proto.graph.input) + list(model_proto.graph.output):
         value.type.tensor_type.shape.dim[0].dim_param = "batch"
     for value in model_proto.graph.output:
-        for dim, size in zip(value.type.tensor_type.shape.dim[1:], inference.output[value.name].shape[1:]):
+        for dim, size in zip(value.type.tensor_type.shape.dim[1:], model.output[value.name].shape[1:]):
             dim.dim_value = int(size)
     onnx.checker.check_model(model_proto)
     onnx.save(model_proto, str(path))
@@ -138,10 +148,10 @@ def check_parity(inference: keras.Model, onnx_path: Path, inputs: np.ndarray, re
     diff_f = float(np.abs(got["features"] - np.asarray(expected["features"])).max())
     agree = float((got["probabilities"].argmax(1) == np.asarray(expected["probabilities"]).argmax(1)).mean())
     _, tape_weights = gradient_tape_weights(inference, inputs)
+    (onnx_weights,) = onnx_session(onnx_path.with_name(GRADCAM_FILE)).run(None, {"feature_map": got["feature_map"]})
     gradcam = {
         "max_rel_diff_feature_map": _relative_difference(got["feature_map"], expected["feature_map"]),
-        "max_rel_diff_gradcam_weights": _relative_difference(got["gradcam_weights"], expected["gradcam_weights"]),
-        "max_rel_diff_gradcam_weights_vs_gradient_tape": _relative_difference(expected["gradcam_weights"], tape_weights),
+        "max_rel_diff_gradcam_weights_vs_gradient_tape": _relative_difference(onnx_weights, tape_weights),
     }
     figures = {
         "images": real_images,
@@ -229,6 +239,8 @@ def export_model(model_dir: str | Path, *, data: str | None = None, register_mod
     inference = inference_model(model)
     write_saved_model(inference, model_dir / SAVED_MODEL_DIR)
     write_onnx(inference, model_dir / ONNX_FILE, opset)
+    gradcam = gradcam_model(model)
+    write_onnx(gradcam, model_dir / GRADCAM_FILE, opset, input_name="feature_map")
     inputs, real = parity_inputs(model_dir, manifest, data)
     parity = check_parity(inference, model_dir / ONNX_FILE, inputs, real)
 
@@ -241,11 +253,12 @@ def export_model(model_dir: str | Path, *, data: str | None = None, register_mod
         "outputs": outputs,
         "onnx": {"path": ONNX_FILE, "opset": opset},
         "saved_model": {"path": SAVED_MODEL_DIR, "signature": "serving_default", "tags": ["serve"]},
-        "gradcam": {**GRADCAM_RECORD, "feature_map_centres": feature_map_centres(core_of(model))},
+        "gradcam": {**GRADCAM_RECORD, "weights_shape": [None, *map(int, gradcam.output["gradcam_weights"].shape[1:])],
+                    "feature_map_centres": feature_map_centres(core_of(model))},
         "parity": parity,
         "versions": library_versions("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "onnxruntime-gpu", "numpy"),
     }
-    manifest["files"] = file_records(model_dir, ("model.keras", ONNX_FILE, SAVED_MODEL_DIR))
+    manifest["files"] = file_records(model_dir, ("model.keras", ONNX_FILE, GRADCAM_FILE, SAVED_MODEL_DIR))
     write_json(model_dir / MANIFEST, manifest)
     if register_model:
         tag = register(model_dir, manifest)
