@@ -25,7 +25,7 @@ import time
 import numpy as np
 import onnxruntime as ort
 
-from . import metrics
+from . import explain, metrics
 from .registry import ModelError, ModelPackage
 
 log = logging.getLogger("bentoml.image_classifier")
@@ -116,6 +116,10 @@ class Model:
         self.name = package.name
         self.session, self.provider = self._start(threads, require_gpu)
         self.input_name = self.session.get_inputs()[0].name
+        # Grad-CAM weights (POST /explain) come from a graph of their own, run only when asked.
+        gradcam = explain.gradcam_file(package.manifest)
+        self.gradcam_session = None if gradcam is None else ort.InferenceSession(
+            str(package.path / gradcam), _session_options(threads), providers=self.session.get_providers())
         log.info(
             "model %s:%s (%s) on %s, %d intra-op threads, input %dx%dx%d, %d classes",
             package.name, package.version, package.onnx_path.name, self.provider, threads,
@@ -146,9 +150,19 @@ class Model:
         """Probabilities [N, classes] and features [N, D] for a batch [N, H, W, C] of float32 0-255."""
         start = time.perf_counter()
         probabilities, features = self.session.run(list(OUTPUTS), {self.input_name: images})
-        metrics.INFERENCE_SECONDS.labels(model=self.name).observe(time.perf_counter() - start)
-        metrics.BATCH_IMAGES.labels(model=self.name).observe(len(images))
+        self._record(start, len(images))
         return probabilities, features
+
+    def explain(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities [N, classes] and every class's Grad-CAM heatmap [N, classes, h, w] in [0, 1]."""
+        start = time.perf_counter()
+        result = explain.infer(self.session, self.gradcam_session, self.input_name, images)
+        self._record(start, len(images))
+        return result
+
+    def _record(self, start: float, images: int) -> None:
+        metrics.INFERENCE_SECONDS.labels(model=self.name).observe(time.perf_counter() - start)
+        metrics.BATCH_IMAGES.labels(model=self.name).observe(images)
 
 
 class Engine:

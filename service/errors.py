@@ -31,6 +31,8 @@ class Reason(str, Enum):
     TOO_MANY_IMAGES = "too_many_images"
     UNKNOWN_MODEL = "unknown_model"
     TOP_K_OUT_OF_RANGE = "top_k_out_of_range"
+    UNKNOWN_LABEL = "unknown_label"
+    CANNOT_EXPLAIN = "cannot_explain"
     EMPTY_FILE = "empty_file"
     NOT_AN_IMAGE = "not_an_image"
     UNSUPPORTED_FORMAT = "unsupported_format"

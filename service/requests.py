@@ -3,15 +3,16 @@
 Two layers, both answering in the shape of errors.py:
 - RequestGuard, an ASGI middleware, refuses a wrong content type (415) or a body over
   SERVICE_MAX_BODY_BYTES (413) before BentoML reads the body.
-- The input specs (ClassifyInput, FeaturesInput) parse the multipart form themselves first, to
+- The input specs (ClassifyInput, FeaturesInput, ExplainInput) parse the multipart form themselves first, to
   refuse unknown fields, a missing `images` field, too many images and text where a file belongs
-  (which BentoML would otherwise take for a URL to download), then let BentoML validate the rest.
+  (which BentoML would otherwise take for a URL to download), then validate the values' types.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import bentoml
 from pydantic import ConfigDict, Field, ValidationError
@@ -57,11 +58,29 @@ class ImagesInput(bentoml.IODescriptor):
         if problem is not None:
             raise problem.validation_error(title)
         try:
-            # BentoML reads the form cached on this request and validates the values' types.
-            return await super().from_http_request(request, serde)
+            return cls.model_validate(cls._values(form))
         except ValidationError:
             metrics.REJECTED.labels(reason=Reason.INVALID_FIELD.value).inc()
             raise
+
+    @classmethod
+    def _values(cls, form) -> dict:
+        """The form's values for validation, read as BentoML's multipart parser reads them (each text
+        value as JSON if it parses, as its client sends them, else as it is), except that a text
+        field stays text: a label or model named "9" is the string "9", not the number 9."""
+        values = {}
+        for key in form:
+            if key in cls.multipart_fields:
+                values[key] = form.getlist(key)  # files, checked by _form_problem
+                continue
+            text = form[key]
+            try:
+                values[key] = json.loads(text)
+            except json.JSONDecodeError:
+                values[key] = text
+            if cls.model_fields[key].annotation is str and not isinstance(values[key], str):
+                values[key] = text
+        return values
 
     @classmethod
     def _form_problem(cls, form) -> Rejection | None:
@@ -85,6 +104,13 @@ class ClassifyInput(ImagesInput):
 
 class FeaturesInput(ImagesInput):
     normalize: bool = Field(default=False, description="Scale each embedding to unit L2 norm.")
+
+
+class ExplainInput(ImagesInput):
+    label: str = Field(default="", description="The class whose evidence the heatmap shows; empty: the predicted class.")
+    format: Literal["", "json", "png"] = Field(
+        default="", description="png: the overlay alone, as image/png; json: the probabilities and the overlay (base64 PNG); "
+                                "empty: png if the Accept header asks for image/png, else json.")
 
 
 class RequestGuard:

@@ -10,6 +10,9 @@ A request, end to end:
                                 engine.Model.run runs ONNX Runtime on it
     _classifications            probabilities -> labels and top-k (/features: _embeddings)
   -> JSON, one entry per image
+POST /explain takes the same path with one image, through Inference.explain_<model> (model.onnx,
+then gradcam.onnx on its feature map: every class's heatmap), and explain.overlay_png draws the
+chosen class's heatmap over the picture.
 
 Why two services: BentoML batches only calls that reach a batchable API over HTTP, so the
 ONNX Runtime sessions live in their own service (one process) with one batchable API per model:
@@ -19,6 +22,7 @@ has a thread per model). Decoding stays in the public service, outside the batch
 
 from __future__ import annotations
 
+import base64
 import logging
 import re
 import time
@@ -30,11 +34,12 @@ import numpy as np
 from bentoml.exceptions import ServiceUnavailable
 from fastapi import FastAPI
 from pydantic import BaseModel, ValidationError
+from starlette.responses import Response
 
-from . import engine, imaging, metrics, registry, settings
+from . import engine, explain, imaging, metrics, registry, settings
 from .errors import Reason, Rejection
 from .registry import ModelError, ModelPackage
-from .requests import ClassifyInput, FeaturesInput, ImagesInput, RequestGuard
+from .requests import ClassifyInput, ExplainInput, FeaturesInput, ImagesInput, RequestGuard
 from .responses import fix_media_types
 from .settings import SettingsError
 
@@ -59,6 +64,8 @@ def _configure() -> tuple[settings.Settings, dict[str, ModelPackage]]:
 
 
 SETTINGS, PACKAGES = _configure()
+# Where each model's feature-map positions lie on the image, for drawing its heatmaps.
+CENTRES = {name: explain.centres(package.manifest) for name, package in PACKAGES.items()}
 ImagesInput.max_images = SETTINGS.max_images_per_request
 
 
@@ -75,9 +82,15 @@ class _ExpectedRefusals(logging.Filter):
 logging.getLogger("bentoml._internal.server.http_app").addFilter(_ExpectedRefusals())
 
 
-def api_name(model: str) -> str:
-    """The inference service's API for a model: a Python name (model names may hold '-' and '.')."""
-    return "infer_" + re.sub(r"[^a-z0-9_]", "_", model)
+def api_name(model: str, kind: str = "infer") -> str:
+    """The inference service's API of a model (`infer_<model>`, `explain_<model>`): a Python name
+    (model names may hold '-' and '.')."""
+    return f"{kind}_" + re.sub(r"[^a-z0-9_]", "_", model)
+
+
+def explainable(package: ModelPackage) -> bool:
+    """Whether the package has the Grad-CAM graph /explain needs (packages exported before it came have not)."""
+    return explain.gradcam_file(package.manifest) is not None
 
 
 # --- the inference service: ONNX Runtime sessions and one batchable API per model -----------------
@@ -102,25 +115,29 @@ class _Inference:
         return self.engine.providers()
 
 
-def _batch_api(model: str):
-    def infer(self, images: np.ndarray) -> np.ndarray:
-        probabilities, features = self.engine.models[model].run(images)
+def _batch_api(model: str, kind: str, outputs: tuple[str, str]):
+    """A batchable API of `model` answering `outputs`, the two arrays Model.run (kind "infer") or
+    Model.explain (kind "explain") gives for a batch of images [N, H, W, C], float32 0-255."""
+    def api(self, images: np.ndarray) -> np.ndarray:
+        arrays = getattr(self.engine.models[model], "run" if kind == "infer" else kind)(images)
         # One array per image holding both outputs: BentoML splits the batch's result by rows.
-        result = np.empty(len(images), dtype=[("probabilities", np.float32, probabilities.shape[1:]),
-                                              ("features", np.float32, features.shape[1:])])
-        result["probabilities"], result["features"] = probabilities, features
+        result = np.empty(len(images), dtype=[(name, np.float32, array.shape[1:]) for name, array in zip(outputs, arrays)])
+        for name, array in zip(outputs, arrays):
+            result[name] = array
         return result
 
-    infer.__name__ = api_name(model)
-    infer.__doc__ = f"Model {model}: probabilities and features for a batch of images [N, H, W, C], float32 0-255."
+    api.__name__ = api_name(model, kind)
+    api.__doc__ = f"Model {model}: {' and '.join(outputs)} for a batch of images [N, H, W, C], float32 0-255."
     return bentoml.api(batchable=True, batch_dim=0, max_batch_size=SETTINGS.max_batch_size,
-                       max_latency_ms=SETTINGS.max_latency_ms)(infer)
+                       max_latency_ms=SETTINGS.max_latency_ms)(api)
 
 
 for _name in PACKAGES:
     if hasattr(_Inference, api_name(_name)):
         raise SystemExit(f"error: cannot start: model names {_name!r} and another map to the same API {api_name(_name)}")
-    setattr(_Inference, api_name(_name), _batch_api(_name))
+    setattr(_Inference, api_name(_name), _batch_api(_name, "infer", ("probabilities", "features")))
+    if explainable(PACKAGES[_name]):
+        setattr(_Inference, api_name(_name, "explain"), _batch_api(_name, "explain", ("probabilities", "heatmaps")))
     # Class-level model references (the versions found above): `bentoml build` packs them into the bento.
     setattr(_Inference, f"{api_name(_name)}_package", bentoml.models.BentoModel(f"{_name}:{PACKAGES[_name].version}"))
 
@@ -137,7 +154,7 @@ Inference = bentoml.service(
     # An access log line and a tracing span for each internal call cost 10% of this process's
     # busy time (py-spy, docs/benchmarks.md); BentoML's metrics still count the calls.
     logging={"access": {"enabled": False}},
-    tracing={"excluded_urls": [f"/{api_name(name)}" for name in PACKAGES]},
+    tracing={"excluded_urls": [f"/{api_name(name, kind)}" for name in PACKAGES for kind in ("infer", "explain")]},
 )(_Inference)
 
 
@@ -160,6 +177,16 @@ class Classification(BaseModel):
 class Embedding(BaseModel):
     embedding: list[float]
     dim: int
+    model: str
+    version: str
+
+
+class Explanation(BaseModel):
+    label: str
+    probability: float
+    probabilities: dict[str, float]
+    explained: str
+    heatmap_png: str
     model: str
     version: str
 
@@ -199,7 +226,7 @@ class ImageClassifier:
         for reason in Reason:
             metrics.REJECTED.labels(reason=reason.value)
         for name, package in PACKAGES.items():
-            for endpoint in ("classify", "features"):
+            for endpoint in ("classify", "features", "explain"):
                 metrics.IMAGES.labels(model=name, endpoint=endpoint)
             for label in package.classes:
                 metrics.PREDICTIONS.labels(model=name, label=label)
@@ -228,6 +255,37 @@ class ImageClassifier:
             return rejection.response()
         return self._embeddings(package, outputs["features"], normalize)
 
+    @bentoml.api(route="/explain", input_spec=ExplainInput)
+    async def explain(self, images: list[Path], model: str, label: str, format: str, ctx: bentoml.Context) -> Explanation:
+        """Where in the image the evidence for a class lies (Grad-CAM): the class probabilities and the
+        heatmap of the predicted class (or of `label`) over the image, as a base64 PNG or as image/png."""
+        try:
+            package = self._package(model)
+            if len(images) != 1:
+                raise Rejection(Reason.TOO_MANY_IMAGES, "explain takes one image per request", ("images",))
+            if not explainable(package):
+                raise Rejection(Reason.CANNOT_EXPLAIN, f"model {package.name}:{package.version} was exported without "
+                                                       "gradcam.onnx; export it again to explain its answers", ("model",))
+            if label and label not in package.classes:
+                raise Rejection(Reason.UNKNOWN_LABEL, f"unknown label {label!r}; the classes of model {package.name}: "
+                                                      f"{', '.join(package.classes)}", ("label",))
+            picture, tensor = await anyio.to_thread.run_sync(self._decode_shown, package, images[0], limiter=self.decode_limiter)
+            row = (await self._infer(package, tensor[None], "explain", api_name(package.name, "explain")))[0]
+        except Rejection as rejection:
+            # With a context parameter, BentoML gives any returned response the context's status.
+            ctx.response.status_code = rejection.status
+            return rejection.response()
+        explained = explain.class_index(package.classes, row["probabilities"], label)
+        png = await anyio.to_thread.run_sync(explain.overlay_png, picture, row["heatmaps"][explained], CENTRES[package.name],
+                                             limiter=self.decode_limiter)
+        if format == "png" or (not format and "image/png" in ctx.request.headers.get("accept", "")):
+            return Response(png, media_type="image/png")
+        top = int(np.argmax(row["probabilities"]))
+        return Explanation(label=package.classes[top], probability=float(row["probabilities"][top]),
+                           probabilities={c: float(p) for c, p in zip(package.classes, row["probabilities"])},
+                           explained=package.classes[explained], heatmap_png=base64.b64encode(png).decode(),
+                           model=package.name, version=package.version)
+
     @http.get("/models", response_model=ModelList, summary="The served models", tags=["Service APIs"])
     async def models(self) -> ModelList:
         """Every served model: version, classes, input size, recipe, test accuracy and execution provider."""
@@ -250,10 +308,11 @@ class ImageClassifier:
         """Decode, orient, convert and resize each file, in a thread: [n, H, W, C] float32 0-255."""
         return await anyio.to_thread.run_sync(self._decode_all, package, images, limiter=self.decode_limiter)
 
-    async def _infer(self, package: ModelPackage, batch: np.ndarray, endpoint: str) -> np.ndarray:
-        """The model's outputs for the batch, one row per image, through its batching queue."""
+    async def _infer(self, package: ModelPackage, batch: np.ndarray, endpoint: str, api: str | None = None) -> np.ndarray:
+        """The model's outputs for the batch, one row per image, through its batching queue (`api`:
+        the inference service's API, by default the model's infer_<model>)."""
         try:
-            outputs = await getattr(self.inference.to_async, api_name(package.name))(batch)
+            outputs = await getattr(self.inference.to_async, api or api_name(package.name))(batch)
         except ServiceUnavailable:
             raise Rejection(Reason.OVERLOADED, f"model {package.name} has more requests queued than it can answer "
                                                f"within {SETTINGS.max_latency_ms} ms; retry later") from None
@@ -274,6 +333,22 @@ class ImageClassifier:
         return np.stack(tensors)
 
     @staticmethod
+    def _decode_shown(package: ModelPackage, image: Path) -> tuple[np.ndarray, np.ndarray]:
+        """The picture as a person sees it (decoded, oriented) and the model's input tensor for it."""
+        start = time.perf_counter()
+        spec = package.input
+        try:
+            pixels, orientation = imaging.decode_stored(
+                image.read_bytes(), spec.channels, max_pixels=SETTINGS.max_image_pixels,
+                reduce_to=(spec.height, spec.width) if SETTINGS.jpeg_reduce else None)
+        except Rejection as rejection:
+            raise rejection.at("images", 0) from None
+        shown = imaging.orient(pixels, orientation)
+        tensor = imaging.resize_bilinear(pixels, spec.height, spec.width, orientation)
+        metrics.PREPROCESS_SECONDS.labels(model=package.name).observe(time.perf_counter() - start)
+        return shown, tensor
+
+    @staticmethod
     def _classifications(package: ModelPackage, probabilities: np.ndarray, top_k: int) -> list[Classification]:
         answers = []
         for row in probabilities:
@@ -291,5 +366,6 @@ class ImageClassifier:
         return [Embedding(embedding=row.tolist(), dim=len(row), model=package.name, version=package.version) for row in features]
 
 
-ImageClassifier.add_asgi_middleware(RequestGuard, routes=("/classify", "/features"), max_body_bytes=SETTINGS.max_body_bytes)
+ImageClassifier.add_asgi_middleware(RequestGuard, routes=("/classify", "/features", "/explain"),
+                                    max_body_bytes=SETTINGS.max_body_bytes)
 fix_media_types(ImageClassifier, Inference)

@@ -130,3 +130,57 @@ def test_every_model_batches_under_concurrent_load(server, binary_data):
     batched, _ = batch_concurrently(server, MODELS, photo)
     for model, (calls, images) in batched.items():
         assert images > calls, f"{model}: {images} images in {calls} calls, never batched"
+
+
+# --- POST /explain: Grad-CAM over real HTTP ---------------------------------------------------------
+
+
+def explain_request(server, image: bytes, headers=None, **fields) -> requests.Response:
+    return requests.post(server.url + "/explain", files=[("images", ("x.jpg", image))], headers=headers,
+                         data={k: str(v) for k, v in fields.items()}, timeout=60)
+
+
+@pytest.mark.parametrize("name", ["finetuned", "scratch", "mnist", "basenet"])
+def test_explain_answers_probabilities_and_a_heatmap(server, name, binary_data, multiclass_data, mnist_npz, tmp_path,
+                                                     exported_models):
+    import base64
+    import io
+
+    folder = image_files(name, exported_models[name], tmp_path / "images", {"binary": binary_data, "multiclass": multiclass_data}, mnist_npz)
+    image = sorted(folder.iterdir())[0].read_bytes()
+    classes = exported_models[name]["classes"]
+    answer = explain_request(server, image, model=name)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert set(body) == {"label", "probability", "probabilities", "explained", "heatmap_png", "model", "version"}
+    assert list(body["probabilities"]) == classes and sum(body["probabilities"].values()) == pytest.approx(1, abs=1e-5)
+    classified = requests.post(server.url + "/classify", files=[("images", ("x.jpg", image))], data={"model": name}, timeout=60).json()[0]
+    assert body["label"] == body["explained"] == classified["label"]
+    assert body["probability"] == pytest.approx(classified["probability"], abs=1e-6)
+    picture = Image.open(io.BytesIO(base64.b64decode(body["heatmap_png"])))
+    assert picture.format == "PNG" and picture.mode == "RGB" and 256 <= max(picture.size) <= 512
+    other = classes[-1] if body["label"] != classes[-1] else classes[0]
+    assert explain_request(server, image, model=name, label=other).json()["explained"] == other
+    for response in (explain_request(server, image, model=name, format="png"),
+                     explain_request(server, image, headers={"Accept": "image/png"}, model=name)):
+        assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(response.content)).size == picture.size
+
+
+def test_explain_refuses_bad_input_and_keeps_serving(server, binary_data):
+    image = sorted((binary_data / "test").rglob("*.jpg"))[0].read_bytes()
+    cases = [
+        (dict(model="finetuned", label="zebras"), 400, "unknown_label"),
+        (dict(model="finetuned", format="gif"), 400, "literal_error"),
+        (dict(model="nope"), 400, "unknown_model"),
+    ]
+    for fields, status, kind in cases:
+        response = explain_request(server, image, **fields)
+        assert response.status_code == status and response.json()["detail"][0]["type"] == kind, (fields, response.text)
+    two = requests.post(server.url + "/explain", files=[("images", ("a.jpg", image)), ("images", ("b.jpg", image))], timeout=60)
+    assert two.status_code == 400 and two.json()["detail"][0]["type"] == "too_many_images"
+    text = explain_request(server, b"not an image at all")
+    assert text.status_code == 400 and text.json()["detail"][0]["type"] == "not_an_image"
+    as_json = requests.post(server.url + "/explain", json={"images": []}, timeout=60)
+    assert as_json.status_code == 415 and as_json.json()["detail"][0]["type"] == "wrong_content_type"
+    assert explain_request(server, image).status_code == 200
