@@ -12,6 +12,8 @@ so that the inference graph is the core alone: no augmentation layers, dropout o
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import keras
 from keras import layers
 
@@ -49,21 +51,30 @@ def _core(inputs, outputs, recipe: str) -> keras.Model:
         raise UserError(f"cannot build the {recipe} recipe: {err}") from None
 
 
-def _too_small(recipe: str, shape, err: Exception) -> UserError:
-    return UserError(f"images of {shape[0]}x{shape[1]} pixels are too small for the {recipe} recipe ({str(err).splitlines()[0]})")
+def _rescaled_input(input_shape: tuple[int, int, int]):
+    """The model's input (plain pixels) and its rescaling to 0-1, inside the model."""
+    inputs = keras.Input(shape=input_shape, name="image")
+    return inputs, layers.Rescaling(1.0 / 255, name="rescaling")(inputs)
+
+
+@contextmanager
+def _fits(recipe: str, shape):
+    """Turn Keras' "negative output size" into a clear error: the images are too small for the convolutions."""
+    try:
+        yield
+    except ValueError as err:
+        raise UserError(f"images of {shape[0]}x{shape[1]} pixels are too small for the {recipe} recipe "
+                        f"({str(err).splitlines()[0]})") from None
 
 
 def build_scratch(input_shape: tuple[int, int, int], num_classes: int, *, dropout: float = 0.0) -> keras.Model:
     """The seed's convnet from scratch: Conv2D 32-64-128-256-256 with max pooling in between."""
-    inputs = keras.Input(shape=input_shape, name="image")
-    x = layers.Rescaling(1.0 / 255, name="rescaling")(inputs)
-    try:
+    inputs, x = _rescaled_input(input_shape)
+    with _fits("scratch", input_shape):
         for block, filters in enumerate((32, 64, 128, 256), start=1):
             x = layers.Conv2D(filters, 3, activation="relu", name=f"block{block}_conv")(x)
             x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
         x = layers.Conv2D(256, 3, activation="relu", name=FEATURE_MAP)(x)
-    except ValueError as err:
-        raise _too_small("scratch", input_shape, err) from None
     x = layers.Flatten(name="flatten")(x)
     if dropout:
         x = layers.Dropout(dropout, name="dropout")(x)
@@ -72,31 +83,25 @@ def build_scratch(input_shape: tuple[int, int, int], num_classes: int, *, dropou
 
 def build_mnist(input_shape: tuple[int, int, int] = (28, 28, 1), num_classes: int = 10) -> keras.Model:
     """The seed's MNIST convnet: Conv2D 32-64-128, two poolings, softmax."""
-    inputs = keras.Input(shape=input_shape, name="image")
-    x = layers.Rescaling(1.0 / 255, name="rescaling")(inputs)
-    try:
+    inputs, x = _rescaled_input(input_shape)
+    with _fits("mnist", input_shape):
         x = layers.Conv2D(32, 3, activation="relu", name="block1_conv")(x)
         x = layers.MaxPooling2D(2, name="block1_pool")(x)
         x = layers.Conv2D(64, 3, activation="relu", name="block2_conv")(x)
         x = layers.MaxPooling2D(2, name="block2_pool")(x)
         x = layers.Conv2D(128, 3, activation="relu", name=FEATURE_MAP)(x)
-    except ValueError as err:
-        raise _too_small("mnist", input_shape, err) from None
     x = layers.Flatten(name="flatten")(x)
     return _core(inputs, output_layer(num_classes)(x), "mnist")
 
 
 def build_basenet(input_shape: tuple[int, int, int] = (32, 32, 3), num_classes: int = 10) -> keras.Model:
     """The course practical's BaseNet: Conv 5x5 6, pool, Conv 5x5 16, pool, Dense 50, Dense N."""
-    inputs = keras.Input(shape=input_shape, name="image")
-    x = layers.Rescaling(1.0 / 255, name="rescaling")(inputs)
-    try:
+    inputs, x = _rescaled_input(input_shape)
+    with _fits("basenet", input_shape):
         x = layers.Conv2D(6, 5, activation="relu", name="block1_conv")(x)
         x = layers.MaxPooling2D(2, name="block1_pool")(x)
         x = layers.Conv2D(16, 5, activation="relu", name=FEATURE_MAP)(x)
         x = layers.MaxPooling2D(2, name="block2_pool")(x)
-    except ValueError as err:
-        raise _too_small("basenet", input_shape, err) from None
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(50, activation="relu", name="dense")(x)
     return _core(inputs, output_layer(num_classes)(x), "basenet")
