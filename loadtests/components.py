@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from service import engine, imaging
+
+from .machine import busy_seconds
 from service.registry import ModelPackage
 from service.settings import Settings
 
@@ -44,9 +46,10 @@ def measure_decode(files: list[Path], package: ModelPackage, config: Settings, *
     for path in files[:2]:
         one(path)  # warm: imports, page cache
     order = itertools.cycle(files)
-    cpu_start = time.process_time()
+    cpu_start, busy_start, wall_start = time.process_time(), busy_seconds(), time.perf_counter()
     latencies = _timed_loop(lambda: one(next(order)), seconds, min_runs=len(files))
     cpu_one_thread = time.process_time() - cpu_start
+    others = _others_cores(busy_start, cpu_one_thread, wall_start)
 
     counts = [0] * threads
     stop = threading.Event()
@@ -59,7 +62,7 @@ def measure_decode(files: list[Path], package: ModelPackage, config: Settings, *
             counts[index] += 1
 
     with ThreadPoolExecutor(threads) as pool:
-        start, cpu_start = time.perf_counter(), time.process_time()
+        start, cpu_start, busy_start = time.perf_counter(), time.process_time(), busy_seconds()
         futures = [pool.submit(worker, i) for i in range(threads)]
         time.sleep(seconds)
         stop.set()
@@ -75,6 +78,7 @@ def measure_decode(files: list[Path], package: ModelPackage, config: Settings, *
         # CPU time (all threads of this process) per image: what decoding costs whatever else runs
         "cpu_ms_per_image_one_thread": 1000 * cpu_one_thread / len(latencies),
         "cpu_ms_per_image": 1000 * cpu / max(1, sum(counts)),
+        "other_processes_cores": max(others, _others_cores(busy_start, cpu, start)),
     }
 
 
@@ -93,13 +97,14 @@ def measure_engine(package: ModelPackage, images: np.ndarray, batch_sizes: list[
         for size in batch_sizes:
             batch = np.ascontiguousarray(pool[:size])
             model.run(batch)  # warm: ONNX Runtime allocates per shape on its first run
-            cpu_start = time.process_time()
+            cpu_start, busy_start, wall_start = time.process_time(), busy_seconds(), time.perf_counter()
             durations = _timed_loop(lambda batch=batch: model.run(batch), seconds, min_runs=3)
             cpu = time.process_time() - cpu_start
             by_threads[count].append({"batch_size": size, "threads": count, "runs": len(durations),
                                       "latency_ms": _percentiles_ms(durations),
                                       "images_per_s": size * len(durations) / sum(durations),
-                                      "cpu_ms_per_image": 1000 * cpu / (size * len(durations))})
+                                      "cpu_ms_per_image": 1000 * cpu / (size * len(durations)),
+                                      "other_processes_cores": _others_cores(busy_start, cpu, wall_start)})
     best = [max(candidates, key=lambda b: b["images_per_s"]) for candidates in zip(*by_threads.values())]
     return {"provider": provider, "threads": threads, "batches": best,
             "by_threads": {str(count): results for count, results in by_threads.items()}}
@@ -109,6 +114,11 @@ def engine_at(engine_results: dict, batch_size: int) -> dict:
     """The fastest measured batch size not above `batch_size` (a level can fill no larger batch)."""
     fitting = [b for b in engine_results["batches"] if b["batch_size"] <= batch_size] or engine_results["batches"][:1]
     return max(fitting, key=lambda b: b["images_per_s"])
+
+
+def _others_cores(busy_start: float, own_cpu: float, wall_start: float) -> float:
+    """Cores the rest of the machine kept busy since `busy_start` (other people's work on a shared machine)."""
+    return max(0.0, (busy_seconds() - busy_start - own_cpu) / (time.perf_counter() - wall_start))
 
 
 def _percentiles_ms(seconds: list[float]) -> dict:

@@ -201,14 +201,17 @@ def _parts_alone(results: dict) -> list[str]:
     if results.get("engine"):
         e = results["engine"]
         parts += [f"Engine: ONNX Runtime {e['provider']}, {e['threads']} intra-op threads, on preprocessed tensors.", "",
-                  _table(["batch", "images/s", "ms per batch (p50)", "p99"],
-                         [[str(b["batch_size"]), _f(b["images_per_s"]), _f(b["latency_ms"]["p50"], 2), _f(b["latency_ms"]["p99"], 2)]
+                  _table(["batch", "images/s", "ms per batch (p50)", "p99", "threads (the faster)", "CPU ms per image",
+                          "others' cores"],
+                         [[str(b["batch_size"]), _f(b["images_per_s"]), _f(b["latency_ms"]["p50"], 2), _f(b["latency_ms"]["p99"], 2),
+                           str(b["threads"]), _f(b["cpu_ms_per_image"], 2), _f(b.get("other_processes_cores"), 1)]
                           for b in e["batches"]]), ""]
     if results.get("decode"):
         d = results["decode"]
         parts += [f"Decode (read, decode, orient, resize; service.imaging.preprocess): {_f(d['latency_ms']['p50'], 2)} ms per image "
                   f"p50 ({_f(d['latency_ms']['p95'], 2)} p95) on one thread, {_f(d['images_per_s'], 0)} images/s on "
-                  f"{d['threads']} threads.", ""]
+                  f"{d['threads']} threads, {_f(d['cpu_ms_per_image'], 2)} ms CPU per image (others' cores "
+                  f"{_f(d.get('other_processes_cores'), 1)}).", ""]
     if results.get("floor"):
         parts += ["Framework floor (BentoML, same upload, constant answer):", "",
                   _table(["clients x images", "requests/s", "images/s", "p50 ms", "p99 ms", "errors", "server CPU ms/request",
@@ -252,7 +255,7 @@ def _time_section(results: dict) -> list[str]:
                   f"serialisation).", ""]
     rows = []
     for level in service.get("levels", []):
-        split = latency_breakdown(level)
+        split = latency_breakdown(level) if not level["errors"] else None  # an overloaded level's means say little
         if split:
             rows.append([f"{level['concurrency']} x {level['images_per_request']}", _f(level["latency_ms"]["mean"])]
                         + [_f(v) for v in split.values()])
@@ -325,7 +328,7 @@ def plots(results: dict, out: Path) -> list[Path]:
     per_requests = results["protocol"]["images_per_request"]
     colors = {1: "tab:blue", 16: "tab:green"}
 
-    fig, ax = plt.subplots(figsize=(10, 5))
+    fig, ax = plt.subplots(figsize=(9, 6.5))
     for per_request in per_requests:
         color = colors.get(per_request, None)
         service = [l for l in (results.get("service") or {}).get("levels", []) if l["images_per_request"] == per_request]
@@ -354,7 +357,7 @@ def plots(results: dict, out: Path) -> list[Path]:
     ax.set_ylim(bottom=0)
     ax.set_title(f"{results['model']['tag']} on {results['images']['label']} images")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
     written.append(_save(fig, out / "throughput.png"))
 
     fig, axes = plt.subplots(1, len(per_requests), figsize=(6 * len(per_requests), 4.5), squeeze=False)
@@ -376,7 +379,7 @@ def plots(results: dict, out: Path) -> list[Path]:
         ax.legend(fontsize=7, ncol=3)
     written.append(_save(fig, out / "latency.png"))
 
-    levels = [l for l in (results.get("service") or {}).get("levels", []) if latency_breakdown(l)]
+    levels = [l for l in (results.get("service") or {}).get("levels", []) if latency_breakdown(l) and not l["errors"]]
     if levels:
         fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5), gridspec_kw={"width_ratios": [3, 2]})
         labels = [f"{l['concurrency']}x{l['images_per_request']}" for l in levels]
