@@ -77,9 +77,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="make N 12-megapixel JPEGs by upscaling --images files (in --phone-dir) and send those instead")
     parser.add_argument("--phone-dir", type=Path,
                         help="where the phone-sized photos are made and kept for later runs (default: a temporary folder, removed)")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64], help="client concurrency levels")
-    parser.add_argument("--images-per-request", type=int, nargs="+", default=[1, 16], help="images in each request")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64], help="engine batch sizes")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64], help="client concurrency levels (default: 1 4 16 64)")
+    parser.add_argument("--images-per-request", type=int, nargs="+", default=[1, 16], help="images in each request (default: 1 16)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64], help="engine batch sizes (default: 1 2 4 8 16 32 64)")
     parser.add_argument("--component-seconds", type=float, default=3.0,
                         help="seconds measuring decode (each way) and each engine batch size (default: 3)")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up before each level (default: 2)")
