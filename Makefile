@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 # Demo and test runs stay on the CPU and quiet unless asked otherwise.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help install demo test serve bento image reproduce clean
+.PHONY: help install demo test serve bento image reproduce bench locust clean
 
 help:
 	@echo "make demo   - install, then train (and export, serve) on the built-in demo dataset"
@@ -17,6 +17,8 @@ help:
 	@echo "make bento  - build a bento (service, serving requirements, models) with bentoml build"
 	@echo "make image  - the GPU Docker image of that bento (needs a Docker engine)"
 	@echo "make reproduce DATA=... MNIST=... WEIGHTS=...  - the seed documents' accuracy ladder on real data (hours)"
+	@echo "make bench MODEL=... IMAGES=...  - the benchmark harness (docs/benchmarks.md), reports in reports/"
+	@echo "make locust HOST=... USERS=... TIME=...  - Locust, headless, against a running service"
 	@echo "make clean  - remove the virtual environment and generated demo outputs"
 
 $(STAMP): pyproject.toml
@@ -53,6 +55,17 @@ WEIGHTS ?= ../shared/weights/mobilenet_v2_0.35_224_imagenet_no_top.weights.h5
 reproduce: $(STAMP)
 	$(BIN)/python -m training reproduce --data $(DATA) --mnist $(MNIST) --base-weights $(WEIGHTS)
 	$(BIN)/python -m loadtests.accuracy --data $(DATA) --mnist $(MNIST) --report docs/results.md
+
+# Benchmark report in reports/bench-*/ (docs/benchmarks.md). MODEL=store name, IMAGES=folder
+# (default: generated JPEGs), BENCH_ARGS=more options (python -m loadtests.bench --help).
+bench: $(STAMP)
+	$(BIN)/python -m loadtests.bench $(if $(MODEL),--model $(MODEL)) $(if $(IMAGES),--images $(IMAGES)) $(BENCH_ARGS)
+
+# Locust, headless, against a running service (make serve); CSV and HTML in reports/.
+locust: $(STAMP)
+	mkdir -p reports
+	$(BIN)/locust -f loadtests/locustfile.py --host $(or $(HOST),http://127.0.0.1:3000) --headless \
+		-u $(or $(USERS),16) -r 4 -t $(or $(TIME),1m) --csv reports/locust --html reports/locust.html
 
 clean:
 	rm -rf $(VENV) data/demo models/demo-*

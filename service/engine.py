@@ -10,7 +10,7 @@ logged: one line per model. REQUIRE_GPU=1 turns a CPU fallback into a start-up f
 worker starts: a model ONNX Runtime refuses, or whose outputs break the contract, stops the
 server there with one line (a worker failing later would only leave it up and never ready).
 
-Threads: intra-op threads = the cores this process may use (SERVICE_INFERENCE_THREADS), one
+Threads: intra-op threads = the cores this process may use less one (SERVICE_INFERENCE_THREADS), one
 inter-op thread, and no spin-waiting: the public service's workers decode images on the same
 cores, and a spinning ONNX Runtime pool would steal their time between batches.
 """

@@ -28,7 +28,7 @@ def test_defaults_serve_the_four_recipe_models_with_finetuned_as_default():
     config = settings.load({})
     assert config.model_names == ("scratch", "augmented", "transfer", "finetuned")
     assert config.default_model == "finetuned"
-    assert config.inference_threads == settings.cpu_count() and not config.require_gpu and not config.jpeg_reduce
+    assert config.inference_threads == max(1, settings.cpu_count() - 1) and not config.require_gpu and not config.jpeg_reduce
     assert config.max_batch_size >= 2 and config.max_images_per_request >= 1
 
 
