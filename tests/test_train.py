@@ -45,7 +45,9 @@ def test_manifest_holds_the_contract(trained_models, binary_data):
     assert m["head"] == {"activation": "sigmoid", "units": 1}
     assert m["base"]["architecture"] == "mobilenet_v2" and m["base"]["alpha"] == 0.35
     assert m["base"]["weights"] == "random" and m["base"]["from_model"] == "transfer"
-    assert m["base"]["unfrozen_layers"] == 4 and m["base"]["unfrozen"] == ["Conv_1"]
+    # MobileNetV2 is fine-tuned whole by default: every layer with weights but BatchNormalization
+    assert m["base"]["unfrozen_layers"] == m["base"]["layers"] == 154
+    assert len(m["base"]["unfrozen"]) == 52 and "Conv_1" in m["base"]["unfrozen"] and "Conv1" in m["base"]["unfrozen"]
     assert m["dataset"] == {"kind": "directory", "path": str(binary_data.resolve()),
                             "sizes": {"train": 20, "validation": 8, "test": 12},
                             "validation_source": "folder", "skipped_files": 0}
@@ -71,7 +73,11 @@ def test_trained_transfer_and_finetune_models_train_exactly_their_layers(trained
     transfer = load_keras_model(trained_models["transfer"])
     finetuned = load_keras_model(trained_models["finetuned"])
     assert _trainable_layers(transfer) == ["head_dense", "predictions"]
-    assert _trainable_layers(finetuned) == ["Conv_1", "head_dense", "predictions"]
+    base = finetuned.get_layer("classifier").get_layer("base")
+    convolutions = sorted(layer.name for layer in base.layers
+                          if layer.weights and not isinstance(layer, keras.layers.BatchNormalization))
+    assert _trainable_layers(finetuned) == sorted(convolutions + ["head_dense", "predictions"])
+    assert not any(layer.trainable for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization))
     features = read_manifest(trained_models["transfer-features"])
     assert features["hyperparameters"]["transfer_mode"] == "features" and not features["hyperparameters"]["augment"]
     with pytest.raises(ValueError):

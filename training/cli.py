@@ -78,7 +78,8 @@ def _add_hyperparameters(parser: argparse.ArgumentParser, *, learning_rate: bool
     base.add_argument("--base-weights", metavar="imagenet|none|PATH", help="ImageNet weights (downloaded or cached), random, or a local weights file (default imagenet)")
     base.add_argument("--transfer-mode", choices=TRANSFER_MODES, help="augmented: end-to-end with augmentation, frozen base (default); "
                       "features: run the base once, train the head on cached features")
-    base.add_argument("--unfreeze", type=int, metavar="N", help="finetune: unfreeze the base's last N layers, BatchNormalization excepted (default 4)")
+    base.add_argument("--unfreeze", type=int, metavar="N", help="finetune: unfreeze the base's last N layers, BatchNormalization excepted "
+                      "(default: all of MobileNetV2, 4 of VGG16 and ResNet50)")
 
 
 HYPERPARAMETERS = ("image_size", "color_mode", "batch_size", "epochs", "learning_rate", "optimizer", "seed", "patience",

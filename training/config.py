@@ -34,7 +34,7 @@ class Hyperparameters:
     alpha: float = 0.35
     base_weights: str = "imagenet"
     transfer_mode: str = "augmented"
-    unfreeze: int = 4
+    unfreeze: int | None = None  # finetune; None: the base's default, see recipes.default_unfreeze
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

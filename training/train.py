@@ -34,6 +34,7 @@ from .recipes import (
     build_transfer,
     compile_model,
     core_of,
+    default_unfreeze,
     feature_extractor,
     head_on_features,
     unfreeze_top,
@@ -192,8 +193,9 @@ def build(recipe: str, hp: Hyperparameters, classes: list[str], *, source: Path 
             raise UserError("fine-tuning starts from a trained transfer model: pass --from models/<name>")
         model, manifest = _source_model(source, classes, hp)
         core = core_of(model)
-        unfrozen = unfreeze_top(core, hp.unfreeze)
-        record = {**manifest["base"], "unfrozen_layers": hp.unfreeze, "unfrozen": unfrozen, "from_model": manifest["name"]}
+        count = hp.unfreeze if hp.unfreeze is not None else default_unfreeze(core, manifest["base"]["architecture"])
+        unfrozen = unfreeze_top(core, count)
+        record = {**manifest["base"], "unfrozen_layers": count, "unfrozen": unfrozen, "from_model": manifest["name"]}
         return Built(core, f"{manifest['base']['architecture']}.preprocess_input", record)
     raise UserError(f"unknown recipe {recipe!r}")
 
