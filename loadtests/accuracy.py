@@ -141,11 +141,12 @@ def _row(result: dict, seed_names: dict) -> str:
     t, p = m["training"], m["parameters"]
     parity = m.get("export", {}).get("parity", {}).get("max_abs_diff_probabilities")
     parity_text = f"{parity:.1e}" if parity is not None else "not exported"
+    kept = f"best {t['best_epoch']}" if t["best_epoch"] else "last kept"
     agree = "agrees" if abs(result["difference_pp"]) <= TOLERANCE_PP and result["failed_requests"] == 0 else "**DISAGREES**"
     if result["service_confusion_matrix"] == result["offline_confusion_matrix"]:
         agree += ", same confusion matrix"
     return (f"| {what} (`{result['name']}`) | {seed:.1%} | **{result['offline_accuracy']:.2%}** | {result['service_accuracy']:.2%} "
-            f"({result['difference_pp']:+.2f} pp, {agree}) | {t['epochs_run']} (best {t['best_epoch']}) | {t['seconds'] / 60:.1f} min "
+            f"({result['difference_pp']:+.2f} pp, {agree}) | {t['epochs_run']} ({kept}) | {t['seconds'] / 60:.1f} min "
             f"| {p['total']:,} / {p['trainable']:,} | {base_text} | {parity_text} |")
 
 

@@ -140,3 +140,19 @@ def test_pipeline_skips_rungs_trained_with_the_same_options(trained_models, mode
     assert out.count("already trained with these options") == 4 and "test accuracy" in out
     with pytest.raises(UserError, match="trained with other options; pass --overwrite"):
         run_pipeline(binary_data, models_dir=models_dir, per_recipe={**per_recipe, "scratch": {"image_size": SCRATCH_SIZE, "epochs": 3}})
+
+
+def test_without_a_validation_split_every_image_trains_and_the_last_epoch_is_kept(tmp_path, multiclass_data):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(multiclass_data, data, ignore=shutil.ignore_patterns("validation"))
+    with pytest.raises(UserError, match="--patience stops on the validation loss"):
+        train("basenet", resolve("basenet", epochs=2, validation_split=0, patience=1), data=data, name="p", models_dir=tmp_path)
+    manifest = train("basenet", resolve("basenet", epochs=2, validation_split=0), data=data, name="b", models_dir=tmp_path)
+    assert manifest["dataset"]["sizes"] == {"train": 24, "validation": 0, "test": 12}
+    assert manifest["dataset"]["validation_source"].startswith("none")
+    assert manifest["training"]["best_epoch"] is None and manifest["training"]["epochs_run"] == 2
+    history = json.loads((tmp_path / "b" / "history.json").read_text())
+    assert "val_loss" not in history and len(history["loss"]) == 2
+    assert manifest["metrics"]["evaluated_on"] == "test"

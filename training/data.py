@@ -58,7 +58,7 @@ class ImageFolder:
     skipped: dict[str, list[str]]
 
     def sizes(self) -> dict[str, int]:
-        return {name: len(split) for name, split in self.splits.items()}
+        return {name: len(self.splits[name]) if name in self.splits else 0 for name in SPLITS}
 
 
 def _warn(message: str) -> None:
@@ -123,9 +123,13 @@ def holdout(labels, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]
     return np.flatnonzero(~held), np.flatnonzero(held)
 
 
+NO_VALIDATION = "none: every training image is trained on, the last epoch is kept"
+
+
 def check_validation_split(fraction: float, why: str) -> None:
-    if not 0 < fraction < 1:
-        raise UserError(f"{why}, and --validation-split {fraction:g} is not a fraction between 0 and 1")
+    """0 means no validation split (train on everything, keep the last epoch, as the seed's MNIST run does)."""
+    if not 0 <= fraction < 1:
+        raise UserError(f"{why}, and --validation-split {fraction:g} is not a fraction from 0 (none) to below 1")
 
 
 def scan_image_folder(root: str | Path, *, validation_split: float = 0.2, seed: int = 1337) -> ImageFolder:
@@ -169,9 +173,11 @@ def scan_image_folder(root: str | Path, *, validation_split: float = 0.2, seed: 
         validation_source = "folder"
     else:
         check_validation_split(validation_split, f"{root} has no validation/ folder")
-        keep, held = holdout(splits["train"].labels, validation_split, seed)
-        splits["train"], splits["validation"] = splits["train"].subset(keep), splits["train"].subset(held)
-        validation_source = f"{validation_split:g} of train, stratified, seed {seed}"
+        validation_source = NO_VALIDATION
+        if validation_split:
+            keep, held = holdout(splits["train"].labels, validation_split, seed)
+            splits["train"], splits["validation"] = splits["train"].subset(keep), splits["train"].subset(held)
+            validation_source = f"{validation_split:g} of train, stratified, seed {seed}"
     return ImageFolder(root, classes, splits, validation_source, skipped)
 
 
@@ -296,11 +302,12 @@ def cache_setting(total_images: int, image_size, channels: int, cache_dir: Path)
 
 @dataclass
 class Datasets:
-    """The batched train/validation/test datasets of a run, and the manifest's `dataset` record."""
+    """The batched train/validation/test datasets of a run, and the manifest's `dataset` record.
+    `validation` is None when the run trains on every image (--validation-split 0)."""
 
     classes: list[str]
     train: object
-    validation: object
+    validation: object | None
     test: object | None
     info: dict
 
@@ -314,17 +321,21 @@ def load_datasets(data: str | Path | None, hp, *, mnist: bool, cache_dir: Path) 
         check_validation_split(hp.validation_split, "MNIST has no validation split")
         arrays = load_mnist(data)
         x, y = arrays["train"]
-        keep, held = holdout(y, hp.validation_split, hp.seed)
+        if hp.validation_split:
+            keep, held = holdout(y, hp.validation_split, hp.seed)
+            source = f"{hp.validation_split:g} of train, stratified, seed {hp.seed}"
+        else:
+            keep, held, source = np.arange(len(y)), np.arange(0), NO_VALIDATION
         classes = [str(digit) for digit in range(10)]
         make = lambda images, labels, shuffle=False: array_dataset(images, labels, num_classes=10, shuffle=shuffle, **common)  # noqa: E731
         sizes = {"train": len(keep), "validation": len(held), "test": len(arrays["test"][0])}
         return Datasets(
             classes,
             make(x[keep], y[keep], shuffle=True),
-            make(x[held], y[held]),
+            make(x[held], y[held]) if len(held) else None,
             make(*arrays["test"]),
             {"kind": "mnist", "path": str(Path(data).resolve()) if data else "keras.datasets.mnist", "sizes": sizes,
-             "validation_source": f"{hp.validation_split:g} of train, stratified, seed {hp.seed}", "skipped_files": 0},
+             "validation_source": source, "skipped_files": 0},
         )
 
     if data is None:
@@ -342,7 +353,7 @@ def load_datasets(data: str | Path | None, hp, *, mnist: bool, cache_dir: Path) 
     return Datasets(
         folder.classes,
         make("train", shuffle=True),
-        make("validation"),
+        make("validation") if "validation" in folder.splits else None,
         make("test") if "test" in folder.splits else None,
         {"kind": "directory", "path": str(folder.root.resolve()), "sizes": sizes,
          "validation_source": folder.validation_source,

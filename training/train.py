@@ -84,19 +84,25 @@ def read_log(out: Path) -> dict[str, list[float]]:
     columns: dict[str, list[float]] = {}
     for epoch in sorted(rows):
         for key, value in rows[epoch].items():
-            if key != "epoch" and value not in ("", None):
+            # CSVLogger writes NA for the val_ columns of a run without validation
+            if key != "epoch" and value not in ("", "NA", None):
                 columns.setdefault(key, []).append(float(value))
     return columns
 
 
-def _callbacks(out: Path, checkpoint: Path, hp: Hyperparameters, *, weights_only: bool = False) -> list:
+def _callbacks(out: Path, checkpoint: Path, hp: Hyperparameters, *, validated: bool, weights_only: bool = False) -> list:
+    """Checkpoint the best epoch by validation loss (without a validation split: every epoch, so the
+    last is kept), log every epoch, back up for resuming, and stop early if asked."""
     previous = read_log(out).get("val_loss")
+    if hp.patience and not validated:
+        raise UserError("--patience stops on the validation loss: it needs a validation split")
     callbacks = [
         EpochTimer(),
         keras.callbacks.ModelCheckpoint(
-            str(checkpoint), monitor="val_loss", save_best_only=True, save_weights_only=weights_only,
+            str(checkpoint), monitor="val_loss" if validated else "loss", save_best_only=validated,
+            save_weights_only=weights_only,
             # after a resume, only an epoch better than the best before the interruption replaces it
-            initial_value_threshold=min(previous) if previous else None,
+            initial_value_threshold=min(previous) if previous and validated else None,
         ),
         keras.callbacks.CSVLogger(str(out / LOG_FILE), append=True),
         keras.callbacks.BackupAndRestore(str(out / BACKUP_DIR), delete_checkpoint=False),
@@ -227,19 +233,22 @@ def fit_on_features(core: keras.Model, ds: Datasets, hp: Hyperparameters, out: P
         start = time.perf_counter()
         extractor = feature_extractor(core)
         train_x, train_y = _extract_features(extractor, ds.train, "training")
-        val_x, val_y = _extract_features(extractor, ds.validation, "validation")
-        arrays = {"train_x": train_x, "train_y": train_y, "val_x": val_x, "val_y": val_y,
-                  "seconds": np.float64(time.perf_counter() - start)}
+        arrays = {"train_x": train_x, "train_y": train_y}
+        if ds.validation is not None:
+            arrays["val_x"], arrays["val_y"] = _extract_features(extractor, ds.validation, "validation")
+        arrays["seconds"] = np.float64(time.perf_counter() - start)
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache, **arrays)
     head = head_on_features(core)
     compile_model(head, len(ds.classes), optimizer=hp.optimizer, learning_rate=hp.learning_rate)
     train = (tf.data.Dataset.from_tensor_slices((arrays["train_x"], arrays["train_y"]))
              .shuffle(len(arrays["train_x"]), seed=hp.seed).batch(hp.batch_size))
-    validation = tf.data.Dataset.from_tensor_slices((arrays["val_x"], arrays["val_y"])).batch(hp.batch_size)
+    validation = None
+    if "val_x" in arrays:
+        validation = tf.data.Dataset.from_tensor_slices((arrays["val_x"], arrays["val_y"])).batch(hp.batch_size)
     head.fit(train, validation_data=validation, epochs=hp.epochs, verbose=_verbosity(), shuffle=False,
-             callbacks=_callbacks(out, out / HEAD_WEIGHTS, hp, weights_only=True))
-    head.load_weights(out / HEAD_WEIGHTS)  # the best epoch, as ModelCheckpoint kept it
+             callbacks=_callbacks(out, out / HEAD_WEIGHTS, hp, validated=validation is not None, weights_only=True))
+    head.load_weights(out / HEAD_WEIGHTS)  # the epoch ModelCheckpoint kept
     return float(arrays["seconds"])
 
 
@@ -252,6 +261,8 @@ def _parameters(model: keras.Model) -> dict[str, int]:
 def write_evaluation(model_dir: Path, core: keras.Model, ds: Datasets, name: str) -> dict:
     """Evaluate on the test split (validation when there is none); write the JSON and the picture."""
     split, dataset = ("test", ds.test) if ds.test is not None else ("validation", ds.validation)
+    if dataset is None:
+        raise UserError("the data has no test split and the run no validation split: there is nothing to evaluate on")
     probabilities, labels = evaluate.predict(core, dataset)
     result = {"evaluated_on": split, **evaluate.report(probabilities, labels, ds.classes)}
     write_json(model_dir / "evaluation.json", result)
@@ -284,9 +295,9 @@ def train(recipe: str, hp: Hyperparameters, *, data: str | Path | None, name: st
         model = assemble(core, augment=hp.augment, seed=hp.seed, name=name)
         compile_model(model, len(ds.classes), optimizer=hp.optimizer, learning_rate=hp.learning_rate)
         model.fit(ds.train, validation_data=ds.validation, epochs=hp.epochs, verbose=_verbosity(), shuffle=False,
-                  callbacks=_callbacks(out, out / KERAS_FILE, hp))
+                  callbacks=_callbacks(out, out / KERAS_FILE, hp, validated=ds.validation is not None))
 
-    best = load_keras_model(out)  # the best epoch by validation loss
+    best = load_keras_model(out)  # the best epoch by validation loss (the last without validation)
     best_core = core_of(best)
     parameters = _parameters(model)
     with open(out / "summary.txt", "w") as f:
