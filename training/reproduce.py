@@ -53,7 +53,12 @@ def reproduce(*, data: str, mnist: str | None, base_weights: str, models_dir: st
         extra = {"base_weights": base_weights} if recipe == "transfer" else {}
         hp = resolve(recipe, **options, **extra)
         out = models_dir / name
-        if trained_with(out, run_record(recipe, hp, rung_data, source)):
+        try:
+            done = trained_with(out, run_record(recipe, hp, rung_data, source))
+        except UserError:
+            print(f"{name}: trained before with other options; training it again")
+            done = False
+        if done:
             print(f"{name}: already trained with these options, reusing {out}")
             manifest = read_manifest(out)
         else:
