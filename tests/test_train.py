@@ -156,3 +156,17 @@ def test_without_a_validation_split_every_image_trains_and_the_last_epoch_is_kep
     history = json.loads((tmp_path / "b" / "history.json").read_text())
     assert "val_loss" not in history and len(history["loss"]) == 2
     assert manifest["metrics"]["evaluated_on"] == "test"
+
+
+def test_a_run_record_is_compared_on_what_its_recipe_uses():
+    from training.train import _same_run
+
+    run = train_module.run_record("scratch", resolve("scratch"), "/data", None)
+    older = json.loads(json.dumps(run))
+    del older["hyperparameters"]["lr_schedule"]  # recorded before the option existed: its default
+    older["hyperparameters"]["unfreeze"] = 4  # fine-tuning's option: no concern of scratch
+    assert _same_run(older, run)
+    older["hyperparameters"]["epochs"] = 31
+    assert not _same_run(older, run)
+    finetune = train_module.run_record("finetune", resolve("finetune"), "/data", "/models/transfer")
+    assert not _same_run({**finetune, "hyperparameters": {**finetune["hyperparameters"], "unfreeze": 4}}, finetune)

@@ -68,6 +68,8 @@ def _add_hyperparameters(parser: argparse.ArgumentParser, *, learning_rate: bool
     if learning_rate:
         group.add_argument("--learning-rate", type=_positive(float), metavar="LR", help="default 1e-3; finetune 1e-5")
         group.add_argument("--optimizer", choices=("rmsprop", "adam"))
+        group.add_argument("--lr-schedule", choices=("constant", "cosine"),
+                           help="constant (default), or cosine: from the learning rate down towards 0 over the epochs")
     group.add_argument("--seed", type=int, help="seed of every random choice (default 1337)")
     group.add_argument("--patience", type=_positive(int), metavar="N", help="stop after N epochs without a better val_loss (default: off)")
     group.add_argument("--validation-split", type=float, metavar="F", help="fraction of train held out when there is no validation split (default 0.2; mnist 0.1)")
@@ -82,7 +84,7 @@ def _add_hyperparameters(parser: argparse.ArgumentParser, *, learning_rate: bool
                       "(default: all of MobileNetV2, 4 of VGG16 and ResNet50)")
 
 
-HYPERPARAMETERS = ("image_size", "color_mode", "batch_size", "epochs", "learning_rate", "optimizer", "seed", "patience",
+HYPERPARAMETERS = ("image_size", "color_mode", "batch_size", "epochs", "learning_rate", "lr_schedule", "optimizer", "seed", "patience",
                    "validation_split", "dropout", "base", "alpha", "base_weights", "transfer_mode", "unfreeze")
 
 

@@ -23,6 +23,7 @@ class Hyperparameters:
     batch_size: int = 32
     epochs: int = 30
     learning_rate: float = 1e-3
+    lr_schedule: str = "constant"  # or "cosine": from learning_rate down to 0 over the epochs, epoch by epoch
     optimizer: str = "rmsprop"
     seed: int = 1337
     patience: int | None = None  # early stopping on val_loss; None trains every epoch

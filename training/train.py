@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 import sys
 import time
@@ -109,6 +110,9 @@ def _callbacks(out: Path, checkpoint: Path, hp: Hyperparameters, *, validated: b
     ]
     if hp.patience:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=hp.patience))
+    if hp.lr_schedule == "cosine":
+        callbacks.append(keras.callbacks.LearningRateScheduler(
+            lambda epoch: hp.learning_rate * 0.5 * (1 + math.cos(math.pi * epoch / hp.epochs))))
     return callbacks
 
 
@@ -118,12 +122,27 @@ def run_record(recipe: str, hp: Hyperparameters, data, source) -> dict:
     return {"recipe": recipe, **resolved, "hyperparameters": hp.as_dict()}
 
 
+# Hyperparameters that only some recipes use; the others do not tell two runs apart.
+ONLY_FOR = {"base": ("transfer",), "alpha": ("transfer",), "base_weights": ("transfer",),
+            "transfer_mode": ("transfer",), "unfreeze": ("finetune",)}
+
+
+def _same_run(previous: dict | None, run: dict) -> bool:
+    """Whether a stored run record is `run`, on what the run's recipe uses. A hyperparameter the
+    record lacks (added to the code after that run) counts as its default, how that run trained."""
+    if previous is None or any(previous.get(k) != run[k] for k in ("recipe", "data", "source")):
+        return False
+    defaults, stored = Hyperparameters().as_dict(), previous.get("hyperparameters", {})
+    return all(stored.get(key, defaults[key]) == value for key, value in run["hyperparameters"].items()
+               if run["recipe"] in ONLY_FOR.get(key, (run["recipe"],)))
+
+
 def trained_with(out: Path, run: dict) -> bool:
     """True when `out` holds a finished run of `run`; a finished run of other options is an error."""
     if not (out / MANIFEST).is_file():
         return False
     previous = json.loads((out / RUN_FILE).read_text()) if (out / RUN_FILE).is_file() else None
-    if previous != run:
+    if not _same_run(previous, run):
         raise UserError(f"{out} holds a model trained with other options; pass --overwrite to train it again")
     return True
 
@@ -136,7 +155,7 @@ def _prepare_output(out: Path, run: dict, overwrite: bool) -> bool:
         shutil.rmtree(out)
     elif (out / BACKUP_DIR).is_dir():
         previous = json.loads((out / RUN_FILE).read_text()) if (out / RUN_FILE).is_file() else None
-        if previous == run:
+        if _same_run(previous, run):
             return True
         if not overwrite:
             raise UserError(
