@@ -6,7 +6,8 @@ with `tf.image.resize(method="bilinear")`. Here, without TensorFlow:
 - JPEG is decoded by libjpeg-turbo through simplejpeg with the fast integer DCT and smooth chroma
   upsampling: TensorFlow's defaults, so the pixels are bit-identical (Pillow uses the accurate DCT,
   which differs by up to 4 levels). Grayscale is libjpeg's own (the luma channel), as in TensorFlow.
-  The rare CMYK JPEG goes to Pillow, within a few levels of TensorFlow.
+  The rare CMYK JPEG goes to Pillow, within a few levels of TensorFlow. An MPO (a JPEG with more
+  pictures after it, as many phones write) is the JPEG it starts with, for TensorFlow and here.
 - Every other format is decoded by Pillow (first frame of a GIF; alpha dropped, not composited).
   Colour to grayscale uses libpng's integer weights, which TensorFlow's PNG decoder applies;
   16-bit samples keep their high byte, as libpng's strip_16 does.
@@ -45,7 +46,11 @@ from .errors import Reason, Rejection
 Image.MAX_IMAGE_PIXELS = None
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
-FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+# Pillow calls a JPEG that carries further pictures after its own (MPF: the depth map, preview or
+# second view many phones and cameras append) "MPO". TensorFlow decodes such a file as the JPEG
+# it starts with, and so does this module: the same path as any JPEG, the same pixels.
+JPEG_FORMATS = ("JPEG", "MPO")
+FORMATS = (*JPEG_FORMATS, "PNG", "WEBP", "BMP", "GIF")
 EXIF_ORIENTATION = 0x0112
 # libpng's rgb_to_gray with TensorFlow's coefficients (0.299, 0.587) in 15-bit fixed point, truncated.
 _GRAY_WEIGHTS = (9797, 19234, 3737)
@@ -185,7 +190,7 @@ def decode_stored(data: bytes, channels: int, *, max_pixels: int,
             )
         try:
             orientation = image.getexif().get(EXIF_ORIENTATION, 1)
-            if image.format == "JPEG" and image.mode in ("RGB", "L"):
+            if image.format in JPEG_FORMATS and image.mode in ("RGB", "L"):
                 pixels = _decode_jpeg(data, channels, orientation, reduce_to)
             else:
                 pixels = _decode_pillow(image, channels)

@@ -97,6 +97,22 @@ def test_jpeg_orientation_applied_to_tensorflows_pixels(orientation):
     np.testing.assert_array_equal(imaging.decode(data, 3, max_pixels=NO_LIMIT), expected)
 
 
+def mpo(primary: np.ndarray, second: np.ndarray, **options) -> bytes:
+    """A multi-picture JPEG (MPF), as many phones and cameras write: `primary` first, `second` after it."""
+    return encode(primary, "MPO", save_all=True, append_images=[Image.fromarray(second)], **options)
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_mpo_is_its_primary_jpeg_as_tensorflow_decodes_it(channels):
+    primary, second = photo_like(45, 61), photo_like(20, 30, seed=3)
+    data = mpo(primary, second, quality=85)
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.format == "MPO" and image.n_frames == 2  # what Pillow makes of it
+    ours = imaging.decode(data, channels, max_pixels=NO_LIMIT)
+    np.testing.assert_array_equal(ours, tf_decode(data, channels))
+    np.testing.assert_array_equal(ours, imaging.decode(encode(primary, "JPEG", quality=85), channels, max_pixels=NO_LIMIT))
+
+
 def test_preprocess_is_trainings_load_image(tmp_path):
     """The whole path, file to tensor, against training's own loader (training/data.py)."""
     data_module = pytest.importorskip("training.data")
