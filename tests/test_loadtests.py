@@ -11,6 +11,9 @@ import sys
 
 from PIL import Image
 
+import pytest
+
+from loadtests import report
 from loadtests.servers import REPO, serve_env, serving
 from tests.service_helpers import RGB_MODEL, register
 
@@ -27,17 +30,17 @@ def test_bench_runs_every_stage_and_writes_a_well_formed_report(tmp_path, export
     run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=400)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
-    report = json.loads((out / "bench.json").read_text())
-    assert report["model"]["name"] == "scratch" and report["images"]["files"] == 6
-    assert report["machine"]["cores_usable"] >= 1 and report["machine"]["cpu"]
-    assert {"bentoml", "numpy"} <= set(report["machine"]["versions"])
-    assert [b["batch_size"] for b in report["engine"]["batches"]] == [1, 2]
-    assert all(b["images_per_s"] > 0 for b in report["engine"]["batches"])
-    assert report["decode"]["files"] == 6 and report["decode"]["images_per_s"] > 0
-    assert [c["label"] for c in report["service_compared"]] == ["SERVICE_MAX_BATCH_SIZE=2, SERVICE_INFERENCE_THREADS=1"]
-    assert report["service_compared"][0]["settings"]["max_batch_size"] == 2
-    stages = {"floor": report["floor"], "service": report["service"], "compared": report["service_compared"][0],
-              "naive": report["naive"]}
+    results = json.loads((out / "bench.json").read_text())
+    assert results["model"]["name"] == "scratch" and results["images"]["files"] == 6
+    assert results["machine"]["cores_usable"] >= 1 and results["machine"]["cpu"]
+    assert {"bentoml", "numpy"} <= set(results["machine"]["versions"])
+    assert [b["batch_size"] for b in results["engine"]["batches"]] == [1, 2]
+    assert all(b["images_per_s"] > 0 for b in results["engine"]["batches"])
+    assert results["decode"]["files"] == 6 and results["decode"]["images_per_s"] > 0
+    assert [c["label"] for c in results["service_compared"]] == ["SERVICE_MAX_BATCH_SIZE=2, SERVICE_INFERENCE_THREADS=1"]
+    assert results["service_compared"][0]["settings"]["max_batch_size"] == 2
+    stages = {"floor": results["floor"], "service": results["service"], "compared": results["service_compared"][0],
+              "naive": results["naive"]}
     for stage, levels in (("floor", LEVELS), ("service", LEVELS), ("compared", LEVELS), ("naive", {(1, 1), (2, 1)})):
         measured = stages[stage]["levels"]
         assert {(l["concurrency"], l["images_per_request"]) for l in measured} == levels, stage
@@ -45,18 +48,19 @@ def test_bench_runs_every_stage_and_writes_a_well_formed_report(tmp_path, export
             assert level["requests"] > 0 and level["errors"] == 0 and level["answer_ok"], (stage, level)
             latency = level["latency_ms"]
             assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"], (stage, latency)
-    for level in report["service"]["levels"] + report["service_compared"][0]["levels"]:
+    for level in results["service"]["levels"] + results["service_compared"][0]["levels"]:
         assert 1 <= level["server"]["mean_batch"] <= 2 * level["images_per_request"]
         assert level["server_cpu_ms_per_request"]["worker:inference"] > 0
     # The ceiling is below each of its three terms, for every level.
-    assert {(r["concurrency"], r["images_per_request"]) for r in report["ceiling"]} == LEVELS
-    for row in report["ceiling"]:
+    assert {(r["concurrency"], r["images_per_request"]) for r in results["ceiling"]} == LEVELS
+    for row in results["ceiling"]:
         terms = (row["engine_images_per_s"], row["decode_images_per_s"], row["floor_images_per_s"])
         assert 0 < row["ceiling_images_per_s"] < min(terms)
-    targets = {t["target"]: t["met"] for t in report["targets"]}
-    assert len(targets) == 5
-    assert [met for target, met in targets.items() if target.startswith("16 clients")] == [None, None]  # not measured
-    assert isinstance(targets["no errors at any level"], bool)
+    targets = {t["target"]: t for t in results["targets"]}
+    assert len(targets) == 6 and all(t["verdict"] for t in targets.values())
+    assert [t["met"] for name, t in targets.items() if name.startswith("16 clients")] == [None, None]  # not measured
+    assert targets["no errors at any level (1 image per request)"]["met"] is True
+    assert targets["errors at every level (1 and 2 images per request; reported, not a target)"]["verdict"] == "reported"
 
     markdown = (out / "bench.md").read_text()
     for heading in ("## Machine", "## Targets", "## Service (defaults), ceiling and naive baseline", "## The parts alone",
@@ -75,6 +79,118 @@ def test_bench_refuses_a_model_that_is_not_in_the_store(exported_models):
     assert run.returncode != 0
     assert run.stderr.strip().splitlines() == [run.stderr.strip()]  # one line, no traceback
     assert run.stderr.startswith("error: model no-such-model:latest is not in the BentoML model store")
+
+
+# --- the report's ceiling and targets, on made-up measurements (no timing measured) ---------------------
+
+
+def _level(concurrency: int, images_per_request: int, images_per_s: float, p50: float, p99: float | None = None,
+           errors: int = 0, **extra) -> dict:
+    p99 = 2 * p50 if p99 is None else p99
+    return {"concurrency": concurrency, "images_per_request": images_per_request, "images_per_s": images_per_s,
+            "requests_per_s": images_per_s / images_per_request, "requests": 100, "errors": errors,
+            "error_kinds": {"503": errors} if errors else {},
+            "latency_ms": {"p50": p50, "p95": (p50 + p99) / 2, "p99": p99, "mean": p50, "max": p99}, **extra}
+
+
+def _batch(size: int, images_per_s: float) -> dict:
+    return {"batch_size": size, "threads": 1, "images_per_s": images_per_s, "cpu_ms_per_image": 1000 / images_per_s,
+            "latency_ms": {"p50": 1000 * size / images_per_s, "p99": 1000 * size / images_per_s}}
+
+
+def _results(service_at_16: float = 90.0, service_p50_at_1: float = 7.0, tail_at_16: float = 2.0,
+             errors: dict | None = None) -> dict:
+    """Engine 500 images/s at batch 1 (2 ms) and 1000 from batch 4; decode 1000 images/s, 1 ms; floor
+    500 requests/s, 1 ms p50 at 1 client: the ceiling at 16 clients x 1 image is 1 / (1/1000 + 1/1000 +
+    1/500) = 250 images/s, the 1-client budget 2 + 1 + 1 = 4 ms. `errors`: {(clients, images): count}."""
+    errors = errors or {}
+    floor = [_level(c, k, 500.0 * k, 1.0 * c, 5.0 * c) for k in (1, 16) for c in (1, 16)]
+    service = [_level(1, 1, 100.0, service_p50_at_1, errors=errors.get((1, 1), 0)),
+               _level(16, 1, service_at_16, 40.0, 40.0 * tail_at_16, errors=errors.get((16, 1), 0)),
+               _level(1, 16, 200.0, 80.0, errors=errors.get((1, 16), 0)),
+               _level(16, 16, 300.0, 800.0, errors=errors.get((16, 16), 0))]
+    results = {"engine": {"batches": [_batch(1, 500.0), _batch(2, 800.0), _batch(4, 1000.0), _batch(64, 900.0)]},
+               "decode": {"images_per_s": 1000.0, "latency_ms": {"p50": 1.0}},
+               "floor": {"levels": floor}, "service": {"levels": service},
+               "naive": {"levels": [_level(c, 1, 10.0, 100.0 * c) for c in (1, 16)]}}
+    results["ceiling"] = report.ceilings(results)
+    return results
+
+
+def _by_name(results: dict) -> dict[str, dict]:
+    rows = report.targets(results)
+    assert all(set(row) == {"target", "measured", "met", "verdict"} for row in rows)
+    names = ("vs ceiling", "vs naive", "1 client", "no errors", "all errors", "tail")
+    assert len(rows) == len(names)
+    return dict(zip(names, rows))
+
+
+def test_ceiling_is_one_over_the_sum_of_the_three_terms_with_the_fastest_batch_the_level_fills():
+    ceilings = {(r["concurrency"], r["images_per_request"]): r for r in _results()["ceiling"]}
+    assert set(ceilings) == {(1, 1), (16, 1), (1, 16), (16, 16)}
+    assert ceilings[1, 1]["engine_batch"] == 1 and ceilings[1, 1]["ceiling_images_per_s"] == pytest.approx(1 / (1 / 500 + 1 / 1000 + 1 / 500))
+    # 16 clients fill batch 64 but batch 4 is faster; the floor at 16 x 16 carries 8000 images/s
+    assert ceilings[16, 1]["engine_batch"] == 4 and ceilings[16, 1]["ceiling_images_per_s"] == pytest.approx(250.0)
+    assert ceilings[16, 16]["ceiling_images_per_s"] == pytest.approx(1 / (1 / 1000 + 1 / 1000 + 1 / 8000))
+    assert report.ceilings({**_results(), "decode": None}) == []
+
+
+def test_targets_met():
+    rows = _by_name(_results(service_at_16=220.0, service_p50_at_1=6.5))
+    assert [row["met"] for row in rows.values()] == [True, True, True, True, None, True]
+    assert rows["vs ceiling"]["measured"] == "88% (220.0 of 250.0 images/s)"
+    assert rows["1 client"]["measured"].startswith("p50 6.5 ms vs 4.0 ms (engine 2.0 + decode 1.0 + floor 1.0): +2.5 ms")
+    assert rows["all errors"]["verdict"] == "reported"
+    assert rows["tail"]["verdict"] == "met"
+    summary = report.summary_lines({"targets": report.targets(_results(service_at_16=220.0))})
+    assert [line.split()[0] for line in summary.splitlines()] == ["met"] * 4 + ["reported", "met"]
+
+
+def test_targets_missed_and_tails_to_explain():
+    results = _results(service_at_16=150.0, service_p50_at_1=7.5, tail_at_16=4.0, errors={(16, 1): 2, (16, 16): 5})
+    results["naive"]["levels"][1]["images_per_s"] = 40.0
+    rows = _by_name(results)
+    assert rows["vs ceiling"]["met"] is False and rows["vs ceiling"]["verdict"] == "missed"
+    assert rows["vs ceiling"]["measured"] == "60% (150.0 of 250.0 images/s)"
+    assert rows["vs naive"]["met"] is False and rows["vs naive"]["measured"].startswith("3.8x")
+    assert rows["1 client"]["met"] is False and "+3.5 ms" in rows["1 client"]["measured"]
+    assert rows["no errors"]["met"] is False
+    assert rows["no errors"]["measured"] == "2 errors, 200 answered; at 16x1: 2 (HTTP 503 x2)"
+    assert rows["all errors"]["measured"].startswith("7 errors, 400 answered; at 16x1: 2 (HTTP 503 x2); 16x16: 5")
+    tail = rows["tail"]
+    assert tail["met"] is None and tail["verdict"] == "see text"
+    assert tail["measured"] == "p99 > 3x p50 at 16 clients (4.0x, the floor's 5.0x)"
+    summary = report.summary_lines({"targets": report.targets(results)})
+    assert summary.count("MISSED") == 4 and "see text" in summary
+
+
+def test_errors_with_16_images_only_are_reported_beside_a_met_one_image_target():
+    rows = _by_name(_results(errors={(16, 16): 5}))
+    assert rows["no errors"]["met"] is True
+    assert rows["all errors"]["met"] is None and "16x16: 5 (HTTP 503 x5)" in rows["all errors"]["measured"]
+
+
+def test_targets_not_measured():
+    results = _results()
+    results["service"]["levels"] = [level for level in results["service"]["levels"] if level["concurrency"] == 1]
+    results["engine"]["batches"] = results["engine"]["batches"][1:]  # no batch 1: no budget, not batch 2's time
+    results["naive"] = None
+    results["ceiling"] = report.ceilings(results)
+    rows = _by_name(results)
+    assert [rows[name]["verdict"] for name in ("vs ceiling", "vs naive", "1 client")] == ["not measured"] * 3
+    assert rows["1 client"]["measured"] == "- (not measured: engine batch 1)"
+    assert report.one_client_budget(results)["budget"] is None
+    nothing = _by_name({})
+    assert all(row["met"] is None and row["verdict"] == "not measured" for row in nothing.values())
+
+
+def test_batch_1_is_looked_up_by_its_size():
+    results = _results()
+    results["engine"]["batches"].reverse()
+    assert report.engine_batch(results["engine"], 1)["images_per_s"] == 500.0
+    assert report.one_client_budget(results) == {"engine": 2.0, "decode": 1.0, "floor": 1.0, "budget": 4.0, "p50": 7.0,
+                                                 "missing": []}
+    assert report.engine_batch(results["engine"], 3) is None and report.engine_batch(None, 1) is None
 
 
 def _locust(url: str, prefix, *options: str) -> subprocess.CompletedProcess:
