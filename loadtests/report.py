@@ -219,6 +219,8 @@ def markdown(results: dict) -> str:
               "a tail is explained in writing (docs/benchmarks.md), which the harness cannot judge.", ""]
     parts += [f"## Service ({results.get('settings_given', 'defaults')}), ceiling and naive baseline", "", "![images/s against concurrency](throughput.png)",
               "![latency percentiles](latency.png)", "",
+              plot_legend(results) + " Engine alone: the fastest measured batch size the level can fill. "
+              "Both plots have log scales.", "",
               "Ceiling: 1 / (1/engine + 1/decode + 1/floor) for the level (the engine at the fastest batch size the level "
               "can fill, with the faster thread count; the floor at the same level). Others' cores: the CPU the rest of "
               "the machine used during the window.", ""]
@@ -255,17 +257,16 @@ def _verdict_md(target: dict) -> str:
 
 def _compared_section(results: dict) -> list[str]:
     """The service with each set of settings measured in this run, level by level."""
-    setups = [{"label": results.get("settings_given", "defaults"), **results["service"]}] if results.get("service") else []
-    setups += results.get("service_compared", [])
-    if len(setups) < 2:
+    measured = setups(results)
+    if len(measured) < 2:
         return []
     parts = ["## Service settings compared (same run)", "",
              "images/s (share of the ceiling), p50 / p99 ms, CPU ms per image (all processes, load generator included).", ""]
     for per_request in results["protocol"]["images_per_request"]:
         header = ["settings"] + [f"{c} client{'s' if c > 1 else ''}" for c in results["protocol"]["concurrency"]]
         rows = []
-        for setup in setups:
-            cells = [setup["label"]]
+        for setup in measured:
+            cells = [f"{setup['name']}: {setup['label']}"]
             for c in results["protocol"]["concurrency"]:
                 level = _level(setup, c, per_request)
                 if level is None:
@@ -399,72 +400,139 @@ def _loadgen_section(results: dict) -> list[str]:
 
 # --- plots -------------------------------------------------------------------------------------------
 
+# One colour per series in every plot; the compared setups take the next ones in turn.
+_COLORS = {"service": "tab:blue", "ceiling": "black", "engine": "tab:orange", "naive": "tab:red", "floor": "tab:gray"}
+_COMPARE_COLORS = ("tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+_COMPARE_MARKERS = "vD<>p"
+
+
+def setups(results: dict) -> list[dict]:
+    """The service setups measured, with their short names in the plots: "service" (--set's settings),
+    then "compare 1", "compare 2" ... (each --compare), each with its full settings ("label")."""
+    found = [{"name": "service", "label": results.get("settings_given", "defaults"), "levels": results["service"]["levels"],
+              "color": _COLORS["service"], "marker": "o"}] if results.get("service") else []
+    for i, compared in enumerate(results.get("service_compared", [])):
+        found.append({"name": f"compare {i + 1}", "label": compared["label"], "levels": compared["levels"],
+                      "color": _COMPARE_COLORS[i % len(_COMPARE_COLORS)], "marker": _COMPARE_MARKERS[i % len(_COMPARE_MARKERS)]})
+    return found
+
+
+def plot_legend(results: dict) -> str:
+    """What the plots' short names stand for, for the Markdown under them."""
+    names = [f"**{s['name']}**: {s['label']}" for s in setups(results)]
+    return "Plot labels: " + "; ".join(names) + "." if names else ""
+
+
+def _levels_of(levels: list[dict], per_request: int) -> tuple[list[int], list[dict]]:
+    chosen = sorted((l for l in levels if l["images_per_request"] == per_request), key=lambda l: l["concurrency"])
+    return [l["concurrency"] for l in chosen], chosen
+
+
+def _log_axis(axis) -> None:
+    """A log axis labelled in plain numbers at 1, 2, 5 x 10^n."""
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    formatter = ScalarFormatter()
+    formatter.set_scientific(False)
+    axis.set_major_formatter(formatter)
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _clients_axis(ax, concurrency: list[int]) -> None:
+    from matplotlib.ticker import NullLocator
+
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(concurrency, [str(c) for c in concurrency])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel("concurrent clients")
+
+
+def _figure_legend(fig, axes) -> None:
+    """One legend for the whole figure, right of the panels, each label once."""
+    handles: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="outside right center", fontsize=8.5)
+
 
 def plots(results: dict, out: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     written = []
     concurrency = results["protocol"]["concurrency"]
     per_requests = results["protocol"]["images_per_request"]
-    colors = {1: "tab:blue", 16: "tab:green"}
-
-    fig, ax = plt.subplots(figsize=(9, 6.5))
-    for per_request in per_requests:
-        color = colors.get(per_request, None)
-        service = [l for l in (results.get("service") or {}).get("levels", []) if l["images_per_request"] == per_request]
-        if service:
-            ax.plot([l["concurrency"] for l in service], [l["images_per_s"] for l in service], "o-", color=color,
-                    label=f"service ({results.get('settings_given', 'defaults')}), {per_request} image(s)/request")
-        for compared, marker in zip(results.get("service_compared", []), "vD<>"):
-            levels = [l for l in compared["levels"] if l["images_per_request"] == per_request]
-            ax.plot([l["concurrency"] for l in levels], [l["images_per_s"] for l in levels], marker + "-.", color=color,
-                    alpha=0.6, label=f"service ({compared['label']}), {per_request} image(s)/request")
-        ceiling = [r for r in results.get("ceiling", []) if r["images_per_request"] == per_request]
-        if ceiling:
-            ax.plot([r["concurrency"] for r in ceiling], [r["ceiling_images_per_s"] for r in ceiling], "s--", color=color,
-                    alpha=0.7, label=f"ceiling, {per_request} image(s)/request")
-    if results.get("engine"):
-        ax.plot(concurrency, [components.engine_at(results["engine"], c)["images_per_s"] for c in concurrency], "^:",
-                color="tab:orange", label="engine alone, fastest batch <= clients")
+    title = f"{results['model']['tag']} on {results['images']['label']} images"
+    services = setups(results)
     naive = (results.get("naive") or {}).get("levels", [])
-    if naive:
-        ax.plot([l["concurrency"] for l in naive], [l["images_per_s"] for l in naive], "x-", color="tab:red",
-                label="naive Keras server, 1 image/request")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(concurrency, [str(c) for c in concurrency])
-    ax.set_xlabel("concurrent clients")
-    ax.set_ylabel("images/s")
-    ax.set_ylim(bottom=0)
-    ax.set_title(f"{results['model']['tag']} on {results['images']['label']} images")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
+
+    # images/s: a panel per images per request, log y so that the engine (hundreds) and the rest (tens) both read.
+    fig, axes = plt.subplots(1, len(per_requests), figsize=(5.2 * len(per_requests) + 2.5, 4.8), squeeze=False,
+                             sharey=True, layout="constrained")
+    for ax, per_request in zip(axes[0], per_requests):
+        for setup in services:
+            xs, levels = _levels_of(setup["levels"], per_request)
+            if levels:
+                ax.plot(xs, [l["images_per_s"] for l in levels], marker=setup["marker"], color=setup["color"],
+                        linestyle="-" if setup["name"] == "service" else "-.", label=setup["name"])
+        xs, rows = _levels_of(results.get("ceiling", []), per_request)
+        if rows:
+            ax.plot(xs, [r["ceiling_images_per_s"] for r in rows], "s--", color=_COLORS["ceiling"], label="ceiling")
+        if results.get("engine"):
+            ax.plot(concurrency, [components.engine_at(results["engine"], c * per_request)["images_per_s"] for c in concurrency],
+                    "^:", color=_COLORS["engine"], label="engine alone")
+        xs, levels = _levels_of(naive, per_request)
+        if levels:
+            ax.plot(xs, [l["images_per_s"] for l in levels], "x-", color=_COLORS["naive"], label="naive Keras server")
+        _clients_axis(ax, concurrency)
+        ax.set_yscale("log")
+        _log_axis(ax.yaxis)
+        ax.set_title(f"{per_request} image{'s' if per_request > 1 else ''} per request", fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].set_ylabel("images/s (log scale)")
+    fig.suptitle(f"images/s, {title}", fontsize=11)
+    _figure_legend(fig, axes[0])
     written.append(_save(fig, out / "throughput.png"))
 
-    fig, axes = plt.subplots(1, len(per_requests), figsize=(6 * len(per_requests), 4.5), squeeze=False)
+    # latency: a panel per images per request; colour: the server, line style: the percentile.
+    percentiles = (("p50", "-", "o"), ("p95", "--", "s"), ("p99", ":", "^"))
+    stages = [*services, {"name": "floor", "levels": (results.get("floor") or {}).get("levels", []), "color": _COLORS["floor"]},
+              {"name": "naive", "levels": naive, "color": _COLORS["naive"]}]
+    fig, axes = plt.subplots(1, len(per_requests), figsize=(5.2 * len(per_requests) + 2.5, 4.8), squeeze=False,
+                             layout="constrained")
+    shown = []
     for ax, per_request in zip(axes[0], per_requests):
-        for stage, style in (("service", "-"), ("floor", "--"), ("naive", ":")):
-            levels = [l for l in (results.get(stage) or {}).get("levels", []) if l["images_per_request"] == per_request]
+        for stage in stages:
+            xs, levels = _levels_of(stage["levels"], per_request)
             if not levels:
                 continue
-            for p, color in (("p50", "tab:blue"), ("p95", "tab:orange"), ("p99", "tab:red")):
-                ax.plot([l["concurrency"] for l in levels], [l["latency_ms"][p] for l in levels], style, marker="o",
-                        color=color, label=f"{stage} {p}")
-        ax.set_xscale("log", base=2)
+            if stage["name"] not in shown:
+                shown.append(stage["name"])
+            for p, style, marker in percentiles:
+                ax.plot(xs, [l["latency_ms"][p] for l in levels], linestyle=style, marker=marker, markersize=4,
+                        color=stage["color"], alpha=0.9)
+        _clients_axis(ax, concurrency)
         ax.set_yscale("log")
-        ax.set_xticks(concurrency, [str(c) for c in concurrency])
-        ax.set_xlabel("concurrent clients")
-        ax.set_ylabel("latency, ms")
-        ax.set_title(f"{per_request} image(s) per request")
+        _log_axis(ax.yaxis)
+        ax.set_ylabel("latency, ms (log scale)")
+        ax.set_title(f"{per_request} image{'s' if per_request > 1 else ''} per request", fontsize=10)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7, ncol=3)
+    colors = {s["name"]: s["color"] for s in stages}
+    handles = [Line2D([], [], color=colors[name], linewidth=3, label=name) for name in shown]
+    handles += [Line2D([], [], color="dimgray", linestyle=style, marker=marker, label=p) for p, style, marker in percentiles]
+    fig.legend(handles=handles, loc="outside right center", fontsize=8.5)
+    fig.suptitle(f"latency percentiles, {title}", fontsize=11)
     written.append(_save(fig, out / "latency.png"))
 
     levels = [l for l in (results.get("service") or {}).get("levels", []) if latency_breakdown(l) and not l["errors"]]
     if levels:
-        fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5), gridspec_kw={"width_ratios": [3, 2]})
+        fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.8), gridspec_kw={"width_ratios": [3, 2]}, layout="constrained")
         labels = [f"{l['concurrency']}x{l['images_per_request']}" for l in levels]
         shares = [latency_breakdown(l) for l in levels]
         bottom = [0.0] * len(levels)
@@ -474,33 +542,38 @@ def plots(results: dict, out: Path) -> list[Path]:
             bottom = [b + v for b, v in zip(bottom, values)]
         left.set_ylabel("% of the mean latency")
         left.set_xlabel("clients x images per request")
-        left.set_title("Where a request's time goes (service /metrics)")
-        left.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
+        left.set_title("Where a request's time goes (service /metrics)", fontsize=10)
+        left.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
         one = [l for l in levels if l["images_per_request"] == 1]
-        positions = range(len(one))
-        for offset, which, colors in ((-0.2, 0, ("tab:gray", "tab:orange", "tab:green")),
-                                      (0.2, 1, ("tab:purple", "tab:olive", "tab:blue"))):
+        positions = list(range(len(one)))
+        ticks, tick_labels = [], []
+        for offset, which, colors, hatch in ((-0.21, 0, ("tab:gray", "tab:orange", "tab:green"), ""),
+                                             (0.21, 1, ("tab:purple", "tab:olive", "tab:blue"), "//")):
             splits = [cpu_per_image(results, l)[which] for l in one]
             if not all(splits):
                 continue
             bottom = [0.0] * len(one)
             for name, color in zip(splits[0], colors):
                 values = [split[name] for split in splits]
-                right.bar([p + offset for p in positions], values, width=0.38, bottom=bottom, color=color,
-                          label=("service: " if which == 0 else "parts alone: ") + name)
+                right.bar([p + offset for p in positions], values, width=0.4, bottom=bottom, color=color, hatch=hatch,
+                          edgecolor="white", label=("service: " if which == 0 else "parts alone: ") + name)
                 bottom = [b + v for b, v in zip(bottom, values)]
-        right.set_xticks(list(positions), [str(l["concurrency"]) for l in one])
+            ticks += [p + offset for p in positions]
+            tick_labels += ["service" if which == 0 else "alone"] * len(one)
+        right.set_xticks(ticks, tick_labels, fontsize=7.5)
+        right.set_xticks(positions, [f"\n{l['concurrency']}" for l in one], minor=True)
+        right.tick_params(axis="x", which="minor", length=0, labelsize=10)
         right.set_ylabel("CPU ms per image")
         right.set_xlabel("clients (1 image per request)")
-        right.set_title("Where the cores go: service (left) vs parts alone (right)")
-        right.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
+        right.set_title("Where the cores go: the service vs the parts alone", fontsize=10)
+        right.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=2)
         written.append(_save(fig, out / "time.png"))
     return written
 
 
 def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    # bbox_inches="tight": the figure grows to hold legends placed outside the axes.
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     import matplotlib.pyplot as plt
 
     plt.close(fig)

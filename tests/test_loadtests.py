@@ -70,6 +70,7 @@ def test_bench_runs_every_stage_and_writes_a_well_formed_report(tmp_path, export
         with Image.open(out / plot) as image:
             assert image.format == "PNG" and image.width > 300
     assert {p.name for p in (out / "logs").iterdir()} == {"floor.log", "service.log", "compare1.log", "naive.log"}
+    assert "**compare 1**: SERVICE_MAX_BATCH_SIZE=2, SERVICE_INFERENCE_THREADS=1" in markdown  # the plots' short names
     assert "report in" in run.stdout and "wrote" in run.stdout
 
 
@@ -191,6 +192,21 @@ def test_batch_1_is_looked_up_by_its_size():
     assert report.one_client_budget(results) == {"engine": 2.0, "decode": 1.0, "floor": 1.0, "budget": 4.0, "p50": 7.0,
                                                  "missing": []}
     assert report.engine_batch(results["engine"], 3) is None and report.engine_batch(None, 1) is None
+
+
+def test_plots_name_the_compared_setups_briefly(tmp_path):
+    results = _results()
+    results["service_compared"] = [{"label": "SERVICE_MAX_BATCH_SIZE=8, SERVICE_INFERENCE_THREADS=1, SERVICE_JPEG_REDUCE=1",
+                                    "levels": results["service"]["levels"]}]
+    results.update(protocol={"concurrency": [1, 16], "images_per_request": [1, 16]}, model={"tag": "m:1"},
+                   images={"label": "made-up"}, settings_given="defaults")
+    assert [(s["name"], s["label"]) for s in report.setups(results)] == [
+        ("service", "defaults"), ("compare 1", "SERVICE_MAX_BATCH_SIZE=8, SERVICE_INFERENCE_THREADS=1, SERVICE_JPEG_REDUCE=1")]
+    written = report.plots(results, tmp_path)  # no /metrics split in these levels: no time.png
+    assert [path.name for path in written] == ["throughput.png", "latency.png"]
+    for path in written:
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.width > 600
 
 
 def _locust(url: str, prefix, *options: str) -> subprocess.CompletedProcess:
