@@ -137,11 +137,17 @@ def _same_run(previous: dict | None, run: dict) -> bool:
                if run["recipe"] in ONLY_FOR.get(key, (run["recipe"],)))
 
 
+def _stored_run(out: Path) -> dict | None:
+    """The run record kept in `out`, or None when there is none."""
+    path = out / RUN_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def trained_with(out: Path, run: dict) -> bool:
     """True when `out` holds a finished run of `run`; a finished run of other options is an error."""
     if not (out / MANIFEST).is_file():
         return False
-    previous = json.loads((out / RUN_FILE).read_text()) if (out / RUN_FILE).is_file() else None
+    previous = _stored_run(out)
     if not _same_run(previous, run):
         raise UserError(f"{out} holds a model trained with other options; pass --overwrite to train it again")
     return True
@@ -154,7 +160,7 @@ def _prepare_output(out: Path, run: dict, overwrite: bool) -> bool:
             raise UserError(f"{out} already holds a trained model; pass --overwrite to train it again")
         shutil.rmtree(out)
     elif (out / BACKUP_DIR).is_dir():
-        previous = json.loads((out / RUN_FILE).read_text()) if (out / RUN_FILE).is_file() else None
+        previous = _stored_run(out)
         if _same_run(previous, run):
             return True
         if not overwrite:
