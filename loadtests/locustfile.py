@@ -22,7 +22,7 @@ import json
 import random
 from pathlib import Path
 
-from locust import FastHttpUser, constant, events, task
+from locust import FastHttpUser, constant, events
 
 from loadtests.images import ImagesError, generated_jpegs, image_files, read_files
 from loadtests.loadgen import Body, multipart_body
@@ -30,6 +30,9 @@ from loadtests.loadgen import Body, multipart_body
 # Request bodies, encoded once at the test's start (so that the users spend their time sending).
 BODIES: dict[str, list[Body]] = {"classify": [], "features": []}
 _BODIES_PER_TASK = 64
+# How often each task runs, relative to the other: the defaults of --classify-weight and
+# --features-weight, which set ImageClassifierUser.tasks at the test's start (the one place weights are set).
+DEFAULT_WEIGHTS = {"classify": 3, "features": 1}
 
 
 @events.init_command_line_parser.add_listener
@@ -43,8 +46,9 @@ def _options(parser) -> None:
                        help="images in each request")
     group.add_argument("--model", default="", env_var="LOCUST_MODEL", help="model field (empty: the service's default)")
     group.add_argument("--top-k", type=int, default=1, env_var="LOCUST_TOP_K", help="top_k of /classify")
-    group.add_argument("--classify-weight", type=int, default=3, env_var="LOCUST_CLASSIFY_WEIGHT", help="weight of /classify")
-    group.add_argument("--features-weight", type=int, default=1, env_var="LOCUST_FEATURES_WEIGHT", help="weight of /features")
+    for name in DEFAULT_WEIGHTS:
+        group.add_argument(f"--{name}-weight", type=int, default=DEFAULT_WEIGHTS[name], env_var=f"LOCUST_{name.upper()}_WEIGHT",
+                           help=f"how often /{name} runs, relative to the other task (default {DEFAULT_WEIGHTS[name]})")
 
 
 @events.test_start.add_listener
@@ -65,11 +69,20 @@ def _prepare(environment, **_kwargs) -> None:
     for name, fields in (("classify", {**model, "top_k": str(options.top_k)}), ("features", model)):
         BODIES[name] = [multipart_body(rng.choices(files, k=options.images_per_request), fields)
                         for _ in range(_BODIES_PER_TASK)]
-    ImageClassifierUser.tasks = ([ImageClassifierUser.classify] * options.classify_weight
-                                 + [ImageClassifierUser.features] * options.features_weight)
+    weights = {name: getattr(options, f"{name}_weight") for name in DEFAULT_WEIGHTS}
+    if getattr(options, "equal_weights", False):  # locust's --equal-weights: every task with a weight, once
+        weights = {name: min(1, weight) for name, weight in weights.items()}
+    ImageClassifierUser.tasks = weighted_tasks(weights)
+
+
+def weighted_tasks(weights: dict[str, int]) -> list:
+    """User.tasks for these weights: each task method repeated `weight` times (Locust picks one at random)."""
+    return [getattr(ImageClassifierUser, name) for name, weight in weights.items() for _ in range(weight)]
 
 
 class ImageClassifierUser(FastHttpUser):
+    """Posts to /classify and /features; `tasks` comes from the weight options (no @task weights)."""
+
     wait_time = constant(0)
 
     def _post(self, route: str) -> None:
@@ -88,10 +101,12 @@ class ImageClassifierUser(FastHttpUser):
             else:
                 response.success()
 
-    @task(3)
     def classify(self) -> None:
         self._post("classify")
 
-    @task(1)
     def features(self) -> None:
         self._post("features")
+
+
+# Until the test starts (locust --list, a User run outside the command line), the options' defaults.
+ImageClassifierUser.tasks = weighted_tasks(DEFAULT_WEIGHTS)

@@ -220,12 +220,12 @@ def _stats(prefix) -> dict[str, dict]:
         return {row["Name"]: row for row in csv.DictReader(f)}
 
 
-def test_locustfile_runs_headless_and_counts_every_non_2xx_as_a_failure(tmp_path):
+def test_locustfile_runs_headless_weights_its_tasks_by_the_options_and_counts_every_non_2xx_as_a_failure(tmp_path):
     home = tmp_path / "bentoml"
     register(RGB_MODEL, home)
     with serving(serve_env(home, SERVICE_MODELS=RGB_MODEL.name), tmp_path / "server.log") as server:
         good = _locust(server.url, tmp_path / "good", "--images-per-request", "2", "--top-k", "2")
-        bad = _locust(server.url, tmp_path / "bad", "--model", "no-such-model")
+        bad = _locust(server.url, tmp_path / "bad", "--model", "no-such-model", "--features-weight", "0")
 
     assert good.returncode == 0, good.stderr[-3000:]
     stats = _stats(tmp_path / "good")
@@ -235,6 +235,7 @@ def test_locustfile_runs_headless_and_counts_every_non_2xx_as_a_failure(tmp_path
 
     assert bad.returncode != 0
     stats = _stats(tmp_path / "bad")
+    assert "/features" not in stats  # its weight, 0, is the one the run used
     assert int(stats["Aggregated"]["Failure Count"]) == int(stats["Aggregated"]["Request Count"]) > 0
     with open(tmp_path / "bad_failures.csv") as f:
         errors = [row["Error"] for row in csv.DictReader(f)]
