@@ -2,8 +2,8 @@
 
 Every 4xx answer is JSON: {"error": "<one line>", "detail": [{"type": <reason>, "loc": [...], "msg": ...}]},
 the shape BentoML gives its own validation errors (which this service raises for problems found
-while the request is parsed). `type` is one of Reason's values, or pydantic's error type when
-pydantic found a value of the wrong type. Each refusal is counted once in
+while the request is parsed). `type` is always one of Reason's values: a value of the wrong type,
+which pydantic finds, is `invalid_field` with pydantic's message. Each refusal is counted once in
 imgcls_rejected_requests_total{reason}.
 """
 
@@ -83,7 +83,12 @@ class Rejection(Exception):
     def validation_error(self, title: str) -> ValidationError:
         """The same refusal as a pydantic ValidationError (counted), for code that BentoML runs
         before the API function, where only ValidationError becomes a 400 with this body."""
-        metrics.REJECTED.labels(reason=self.reason.value).inc()
-        error = InitErrorDetails(type=PydanticCustomError(self.reason.value, self.message.replace("{", "(").replace("}", ")")),
-                                 loc=self.loc, input=None)
-        return ValidationError.from_exception_data(title, [error])
+        return Rejection.validation_errors(title, [self])
+
+    @staticmethod
+    def validation_errors(title: str, rejections: Sequence["Rejection"]) -> ValidationError:
+        """Several refusals of one request (all 400s) as one ValidationError, counted once, by the first's reason."""
+        metrics.REJECTED.labels(reason=rejections[0].reason.value).inc()
+        errors = [InitErrorDetails(type=PydanticCustomError(r.reason.value, r.message.replace("{", "(").replace("}", ")")),
+                                   loc=r.loc, input=None) for r in rejections]
+        return ValidationError.from_exception_data(title, errors)

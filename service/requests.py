@@ -4,8 +4,10 @@ Two layers, both answering in the shape of errors.py:
 - RequestGuard, an ASGI middleware, refuses a wrong content type (415) or a body over
   SERVICE_MAX_BODY_BYTES (413) before BentoML reads the body.
 - The input specs (ClassifyInput, FeaturesInput, ExplainInput) parse the multipart form themselves first, to
-  refuse unknown fields, a missing `images` field, too many images and text where a file belongs
-  (which BentoML would otherwise take for a URL to download), then validate the values' types.
+  refuse unknown fields, a missing `images` field, too many images, text where a file belongs
+  (which BentoML would otherwise take for a URL to download) and a file where text belongs, then
+  validate the values' types: pydantic's refusals (int_parsing, bool_parsing, literal_error, ...)
+  become `invalid_field`, with pydantic's message.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import metrics
 from .errors import Reason, Rejection
 
 MULTIPART = "multipart/form-data"
@@ -59,9 +60,10 @@ class ImagesInput(bentoml.IODescriptor):
             raise problem.validation_error(title)
         try:
             return cls.model_validate(cls._values(form))
-        except ValidationError:
-            metrics.REJECTED.labels(reason=Reason.INVALID_FIELD.value).inc()
-            raise
+        except ValidationError as err:
+            raise Rejection.validation_errors(title, [
+                Rejection(Reason.INVALID_FIELD, error["msg"], error["loc"]) for error in err.errors(include_input=False)
+            ]) from None
 
     @classmethod
     def _values(cls, form) -> dict:
@@ -95,6 +97,9 @@ class ImagesInput(bentoml.IODescriptor):
             if not isinstance(value, UploadFile):
                 return Rejection(Reason.INVALID_FIELD, "must be a file (a multipart part with a filename), not a text value",
                                  ("images", index))
+        for key in form:
+            if key not in cls.multipart_fields and any(isinstance(value, UploadFile) for value in form.getlist(key)):
+                return Rejection(Reason.INVALID_FIELD, "must be a text value, not a file (a multipart part with a filename)", (key,))
         return None
 
 

@@ -156,7 +156,7 @@ def huge_png() -> bytes:
 
 
 BAD_REQUESTS = {
-    # name: (request arguments, expected status, expected detail type)
+    # name: (request arguments, expected status, expected detail type[, expected detail loc])
     "not-an-image": (dict(images=[("notes.txt", b"just some text")]), 400, "not_an_image"),
     "truncated-jpeg": (dict(images=[("cut.jpg", JPEG[: len(JPEG) // 2])]), 400, "corrupt_image"),
     "corrupt-png": (dict(images=[("bad.png", PNG[:60] + bytes(200) + PNG[260:])]), 400, "corrupt_image"),
@@ -167,10 +167,10 @@ BAD_REQUESTS = {
     "unknown-model": (dict(model="resnet9000"), 400, "unknown_model"),
     "top-k-zero": (dict(top_k=0), 400, "top_k_out_of_range"),
     "top-k-over-classes": (dict(top_k=4), 400, "top_k_out_of_range"),
-    "top-k-not-a-number": (dict(top_k="three"), 400, "int_parsing"),
     "missing-images": (dict(images=[], fields=[("model", RGB_MODEL.name)]), 400, "missing_field"),
     "misnamed-field": (dict(images=[], files=[("image", ("a.jpg", JPEG))]), 400, "unknown_field"),
     "text-instead-of-file": (dict(images=[], fields=[("images", "http://example.com/cat.jpg")]), 400, "invalid_field"),
+    "file-instead-of-text": (dict(files=[("model", ("model.txt", RGB_MODEL.name.encode()))]), 400, "invalid_field", ["model"]),
 }
 
 
@@ -184,7 +184,7 @@ def send_bad(server, route: str, images, files=(), fields=(), **options) -> requ
 
 @pytest.mark.parametrize("name", list(BAD_REQUESTS))
 def test_bad_input_is_a_4xx_naming_the_problem_and_the_server_keeps_serving(server, name):
-    arguments, status, kind = BAD_REQUESTS[name]
+    arguments, status, kind, *loc = BAD_REQUESTS[name]
     arguments = dict(arguments)
     images = arguments.pop("images", [("a.jpg", JPEG)])
     response = send_bad(server, "/classify", images, **arguments)
@@ -192,6 +192,22 @@ def test_bad_input_is_a_4xx_naming_the_problem_and_the_server_keeps_serving(serv
     body = response.json()
     assert isinstance(body["error"], str) and body["error"]
     assert body["detail"][0]["type"] == kind, body
+    if loc:
+        assert body["detail"][0]["loc"] == loc[0], body
+    assert post(server, "/classify").status_code == 200
+
+
+@pytest.mark.parametrize("route,field,value,says", [
+    ("/classify", "top_k", "three", "valid integer"),
+    ("/features", "normalize", "maybe", "valid boolean"),
+    ("/explain", "format", "gif", "'png'"),
+])
+def test_a_value_of_the_wrong_type_is_invalid_field_with_pydantics_message(server, route, field, value, says):
+    """pydantic finds these; the type is still one of the service's, pydantic's words are the message."""
+    response = send_bad(server, route, [("a.jpg", JPEG)], **{field: value})
+    assert response.status_code == 400, response.text
+    (detail,) = response.json()["detail"]
+    assert detail["type"] == "invalid_field" and detail["loc"] == [field] and says in detail["msg"], detail
     assert post(server, "/classify").status_code == 200
 
 
