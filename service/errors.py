@@ -39,6 +39,7 @@ class Reason(str, Enum):
     CORRUPT_IMAGE = "corrupt_image"
     TOO_MANY_PIXELS = "too_many_pixels"
     OVERLOADED = "overloaded"
+    UNAVAILABLE = "unavailable"
 
 
 STATUS = {
@@ -47,7 +48,11 @@ STATUS = {
     Reason.BODY_TOO_LARGE: 413,
     Reason.TOO_MANY_PIXELS: 413,
     Reason.OVERLOADED: 503,
+    Reason.UNAVAILABLE: 503,
 }
+# Seconds a client should wait before retrying a 503: a full batching queue drains within a
+# second; a restarting inference process loads and warms its models first.
+RETRY_AFTER = {Reason.OVERLOADED: "1", Reason.UNAVAILABLE: "5"}
 
 
 class Rejection(Exception):
@@ -77,7 +82,7 @@ class Rejection(Exception):
         """The HTTP answer (counted)."""
         metrics.REJECTED.labels(reason=self.reason.value).inc()
         detail = {"type": self.reason.value, "loc": list(self.loc), "msg": self.message}
-        headers = {"Retry-After": "1"} if self.reason is Reason.OVERLOADED else None
+        headers = {"Retry-After": RETRY_AFTER[self.reason]} if self.reason in RETRY_AFTER else None
         return JSONResponse({"error": self._where() + self.message, "detail": [detail]}, status_code=self.status, headers=headers)
 
     def validation_error(self, title: str) -> ValidationError:

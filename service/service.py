@@ -15,9 +15,11 @@ then gradcam.onnx on its feature map: every class's heatmap), and explain.overla
 chosen class's heatmap over the picture.
 
 Why two services: BentoML batches only calls that reach a batchable API over HTTP, so the
-ONNX Runtime sessions live in their own service (one process) with one batchable API per model:
-each has its own batching queue, so one model's batch never waits behind another's (the service
-has a thread per model). Decoding stays in the public service, outside the batched call.
+ONNX Runtime sessions live in their own service (one process) with one batchable API per model
+and kind (infer, explain): each has its own batching queue, so one model's batch never waits
+behind another's (the service has a thread per batchable API: BATCH_APIS). Decoding stays in the
+public service, outside the batched call. A call the inference service sheds or cannot answer is
+a 503 (`overloaded`, `unavailable`), never a 500.
 """
 
 from __future__ import annotations
@@ -120,8 +122,8 @@ class _Inference:
         return self.engine.ready
 
     @bentoml.api
-    def providers(self) -> dict[str, str]:
-        """The execution provider each model runs on."""
+    async def providers(self) -> dict[str, str]:
+        """The execution provider each model runs on (async: a dict read, no thread of the batches' budget)."""
         return self.engine.providers()
 
 
@@ -151,11 +153,26 @@ for _name in PACKAGES:
     # Class-level model references (the versions found above): `bentoml build` packs them into the bento.
     setattr(_Inference, f"{api_name(_name)}_package", bentoml.models.BentoModel(f"{_name}:{PACKAGES[_name].version}"))
 
+# BentoML runs every sync API call of a service, batched or not, in threads drawn from one
+# anyio.CapacityLimiter of `threads` (_bentoml_impl/server/app.py, _to_thread), and each batchable
+# API's dispatcher has at most one batch in flight (CorkDispatcher, a semaphore of 1). So a thread
+# per batchable API (infer_<m>, and explain_<m> where the package can explain) lets every model's
+# infer and explain batches run at once: no batch waits for a thread behind another model's or
+# behind a slow Grad-CAM batch. `providers` is async and takes none.
+BATCH_APIS = [api_name(name, kind) for name, package in PACKAGES.items() for kind in ("infer", "explain")
+              if kind == "infer" or explainable(package)]
+
+# Shorter than the request's timeout: a call the inference service does not answer in time (a
+# batch stuck, the process restarting) fails in the public service, which answers 503
+# `unavailable` and logs it, before the public service's own timeout would answer BentoML's bare 504.
+# (BentoML's client to it waits this plus 1%.)
+INFERENCE_TIMEOUT_S = 0.9 * SETTINGS.timeout_s
+
 Inference = bentoml.service(
     name="inference",
     workers=1,
-    threads=len(PACKAGES),  # a thread per model: batches of different models run side by side
-    traffic={"timeout": SETTINGS.timeout_s},
+    threads=len(BATCH_APIS),
+    traffic={"timeout": INFERENCE_TIMEOUT_S},
     # The public service's client to this one would otherwise replace its connection session every
     # 100 calls, closing it under calls still in flight (BentoML 1.4.30+, proxy2.SessionManager):
     # those fail with "Server disconnected". A local socket needs no rotation.
@@ -164,7 +181,7 @@ Inference = bentoml.service(
     # An access log line and a tracing span for each internal call cost 10% of this process's
     # busy time (py-spy, docs/benchmarks.md); BentoML's metrics still count the calls.
     logging={"access": {"enabled": False}},
-    tracing={"excluded_urls": [f"/{api_name(name, kind)}" for name in PACKAGES for kind in ("infer", "explain")]},
+    tracing={"excluded_urls": [f"/{api}" for api in BATCH_APIS]},
 )(_Inference)
 
 
@@ -300,7 +317,10 @@ class ImageClassifier:
     @http.get("/models", response_model=ModelList, summary="The served models", tags=["Service APIs"])
     async def models(self) -> ModelList:
         """Every served model: version, classes, input size, recipe, test accuracy and execution provider."""
-        providers = await self.inference.to_async.providers()
+        try:
+            providers = await self._call_inference("providers")
+        except Rejection as rejection:
+            return rejection.response()
         return ModelList(default_model=SETTINGS.default_model, models=[
             ModelSummary(**package.summary(), default=name == SETTINGS.default_model, provider=providers[name])
             for name, package in PACKAGES.items()
@@ -322,13 +342,26 @@ class ImageClassifier:
     async def _infer(self, package: ModelPackage, batch: np.ndarray, endpoint: str, api: str | None = None) -> np.ndarray:
         """The model's outputs for the batch, one row per image, through its batching queue (`api`:
         the inference service's API, by default the model's infer_<model>)."""
-        try:
-            outputs = await getattr(self.inference.to_async, api or api_name(package.name))(batch)
-        except ServiceUnavailable:
-            raise Rejection(Reason.OVERLOADED, f"model {package.name} has more requests queued than it can answer "
-                                               f"within {SETTINGS.max_latency_ms} ms; retry later") from None
+        outputs = await self._call_inference(api or api_name(package.name), batch, model=package.name)
         metrics.IMAGES.labels(model=package.name, endpoint=endpoint).inc(len(batch))
         return outputs
+
+    async def _call_inference(self, api: str, *args, model: str | None = None):
+        """The inference service's answer to `api(*args)`, or a 503 Rejection: `overloaded` when the
+        model's batching queue sheds the call, `unavailable` when the service does not answer (its
+        process restarting or stuck: a connection refused or dropped, a timeout; or its own error,
+        whose traceback it logs). Those are logged here in one line, without a traceback."""
+        try:
+            return await getattr(self.inference.to_async, api)(*args)
+        except ServiceUnavailable:
+            raise Rejection(Reason.OVERLOADED, f"{f'model {model}' if model else 'the inference service'} has more requests "
+                                               f"queued than it can answer within {SETTINGS.max_latency_ms} ms; retry later") from None
+        except Exception as err:
+            what = (str(err).splitlines() or [""])[0][:300] or (
+                f"no answer within {INFERENCE_TIMEOUT_S:g} s" if isinstance(err, TimeoutError) else "no message")
+            log.error("inference call %s failed: %s: %s", api, type(err).__name__, what)
+            raise Rejection(Reason.UNAVAILABLE, "the inference service did not answer (restarting or failing); "
+                                                "retry later") from None
 
     @staticmethod
     def _decode_all(package: ModelPackage, images: list[Path]) -> np.ndarray:

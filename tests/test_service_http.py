@@ -8,7 +8,9 @@ Prometheus' multiprocess mode, and small limits so that the bad-input tests send
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -18,7 +20,7 @@ import urllib3
 
 from service import imaging
 from loadtests.images import encode, photo_like
-from loadtests.servers import metric_value, serve_env, serving
+from loadtests.servers import metric_value, process_role, serve_env, serving
 from tests.service_helpers import GRAY_MODEL, JPEG_SAMPLE, RGB_MODEL, batch_concurrently, png_bomb, register
 
 LIMITS = {
@@ -302,3 +304,27 @@ def test_overload_is_a_503_to_retry_never_a_500(tmp_path):
     shed = next(r for r in responses if r.status_code == 503)
     assert shed.json()["detail"][0]["type"] == "overloaded" and shed.headers["Retry-After"] == "1"
     assert "Traceback" not in log
+
+
+def test_an_inference_process_that_does_not_answer_is_a_503_to_retry(tmp_path):
+    """The inference worker stopped (SIGSTOP: as stuck as a process can be): its calls time out, which
+    the public service answers 503 `unavailable` with Retry-After and logs in one line; once it goes
+    on, requests are answered again."""
+    home = tmp_path / "home"
+    register(RGB_MODEL, home)
+    env = serve_env(home, SERVICE_MODELS=RGB_MODEL.name, SERVICE_TIMEOUT_S="2")
+    with serving(env, tmp_path / "server.log") as server:
+        (inference,) = [p for p in server.processes() if process_role(p.cmdline()) == "worker:inference"]
+        os.kill(inference.pid, signal.SIGSTOP)
+        try:
+            responses = [post(server, "/classify"), requests.get(server.url + "/models", timeout=60)]
+        finally:
+            os.kill(inference.pid, signal.SIGCONT)
+        assert post(server, "/classify").status_code == 200
+        log = server.log()
+    for response in responses:
+        assert response.status_code == 503, response.text
+        assert response.json()["detail"][0]["type"] == "unavailable" and response.headers["Retry-After"] == "5"
+    failures = [line for line in log.splitlines() if "inference call" in line]
+    assert len(failures) == 2 and "infer_tiny_rgb failed: TimeoutError" in failures[0], failures
+    assert "providers failed: TimeoutError" in failures[1] and "Traceback" not in log
