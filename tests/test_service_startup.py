@@ -7,9 +7,12 @@ Every way a configured model can be unusable stops the service with one line nam
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +21,9 @@ import pytest
 from service import engine, registry, settings
 from service.registry import ModelError
 from service.settings import ModelRef, SettingsError
-from loadtests.servers import REPO, serve_env
+import requests
+
+from loadtests.servers import REPO, Server, serve_env
 from tests.service_helpers import RGB_MODEL, register
 
 # --- settings -----------------------------------------------------------------------------------------
@@ -191,6 +196,48 @@ def test_bentoml_serve_stops_at_once_with_one_line(tmp_path):
         output = (result.stdout + result.stderr).strip().splitlines()
         assert output[-1].startswith("error: cannot start: ") and names in output[-1], output
         assert not any("Traceback" in line for line in output)
+
+
+def test_not_ready_until_every_model_is_loaded_and_warmed(tmp_path):
+    """/readyz answers 200 only once the inference process has loaded and warmed every model.
+
+    To hold its start-up where it is, deterministically: the package names a Grad-CAM graph that
+    only the inference process's engine opens (after the model's own session and warm-up), and
+    that file is a FIFO, whose opening blocks until this test writes the graph into it."""
+    manifest = RGB_MODEL.manifest(RGB_MODEL.onnx_bytes())
+    manifest["export"]["outputs"] = {**manifest["outputs"], "feature_map": {"shape": [None, 1, 1, 3]}}
+    manifest["export"]["gradcam"] = {"onnx": {"path": "gradcam.onnx"}}
+    register(RGB_MODEL, tmp_path, manifest=manifest)
+    gradcam = stored_path(tmp_path, RGB_MODEL.name) / "gradcam.onnx"
+    os.mkfifo(gradcam)
+    server = Server.bentoml("service.service:ImageClassifier", serve_env(tmp_path, SERVICE_MODELS=RGB_MODEL.name),
+                            tmp_path / "server.log")
+    try:
+        writer, answers = None, []
+        deadline = time.monotonic() + 120
+        while writer is None:  # until the inference process opens the FIFO: it is then held there
+            assert time.monotonic() < deadline and server.process.poll() is None, server.log()
+            try:
+                writer = os.open(gradcam, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as err:
+                assert err.errno == errno.ENXIO, err  # no reader yet
+                time.sleep(0.1)
+        while len(answers) < 3:
+            try:
+                answers.append(requests.get(server.url + "/readyz", timeout=2).status_code)
+            except requests.Timeout:  # BentoML's /readyz waits for the inference process, which does not answer yet
+                answers.append("no answer")
+            except requests.ConnectionError:  # the public service not listening yet
+                time.sleep(0.2)
+            assert time.monotonic() < deadline, server.log()
+        assert 200 not in answers, answers
+        assert requests.get(server.url + "/livez", timeout=10).status_code == 200  # up, though not ready
+        os.set_blocking(writer, True)
+        os.write(writer, RGB_MODEL.onnx_bytes())  # any ONNX graph: the engine only loads it
+        os.close(writer)
+        server.wait_ready()  # and now it is ready
+    finally:
+        server.stop()
 
 
 def test_readme_documents_every_setting():
