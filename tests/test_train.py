@@ -142,6 +142,16 @@ def test_pipeline_skips_rungs_trained_with_the_same_options(trained_models, mode
         run_pipeline(binary_data, models_dir=models_dir, per_recipe={**per_recipe, "scratch": {"image_size": SCRATCH_SIZE, "epochs": 3}})
 
 
+def test_finetune_records_the_base_it_fine_tunes(trained_models, binary_data, tmp_path):
+    from tests.conftest import TRANSFER_SIZE
+
+    # Options of another base are not what the fine-tuned model is: it keeps the source's MobileNetV2 0.35.
+    hp = resolve("finetune", image_size=TRANSFER_SIZE, epochs=1, unfreeze=4, base="vgg16", alpha=1.0)
+    manifest = train("finetune", hp, data=binary_data, name="f", models_dir=tmp_path, source=trained_models["transfer"])
+    assert manifest["base"]["architecture"] == manifest["hyperparameters"]["base"] == "mobilenet_v2"
+    assert manifest["base"]["alpha"] == manifest["hyperparameters"]["alpha"] == 0.35
+
+
 def test_without_a_validation_split_every_image_trains_and_the_last_epoch_is_kept(tmp_path, multiclass_data):
     import shutil
 

@@ -9,6 +9,7 @@ last completed epoch when started again with the same options.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import shutil
@@ -190,6 +191,14 @@ def _source_model(source: Path, classes: list[str], hp: Hyperparameters) -> tupl
     return load_keras_model(source), manifest
 
 
+def _with_source_base(hp: Hyperparameters, source: Path) -> Hyperparameters:
+    """Fine-tuning keeps the source model's base: record its architecture and alpha, not the options'."""
+    base = read_manifest(source).get("base")
+    if base is None:
+        return hp  # _source_model says why this cannot be fine-tuned
+    return dataclasses.replace(hp, base=base["architecture"], alpha=hp.alpha if base.get("alpha") is None else base["alpha"])
+
+
 def load_keras_model(model_dir: Path) -> keras.Model:
     path = Path(model_dir) / KERAS_FILE
     if not path.is_file():
@@ -300,6 +309,8 @@ def train(recipe: str, hp: Hyperparameters, *, data: str | Path | None, name: st
           source: str | Path | None = None, overwrite: bool = False, fallback_to_random: bool = False) -> dict:
     """Train one recipe into `models_dir/name`; return its manifest."""
     out = Path(models_dir) / name
+    if recipe == "finetune" and source is not None:
+        hp = _with_source_base(hp, Path(source))
     run = run_record(recipe, hp, data, source)
     resumed = _prepare_output(out, run, overwrite)
     keras.utils.set_random_seed(hp.seed)
