@@ -1,6 +1,7 @@
 """Training runs: every recipe writes its package, the manifest holds the contract, runs resume."""
 
 import json
+import shutil
 
 import keras
 import numpy as np
@@ -140,6 +141,21 @@ def test_pipeline_skips_rungs_trained_with_the_same_options(trained_models, mode
     assert out.count("already trained with these options") == 4 and "test accuracy" in out
     with pytest.raises(UserError, match="trained with other options; pass --overwrite"):
         run_pipeline(binary_data, models_dir=models_dir, per_recipe={**per_recipe, "scratch": {"image_size": SCRATCH_SIZE, "epochs": 3}})
+
+
+def test_evaluate_on_data_of_other_classes_is_one_clear_error(trained_models, binary_data, multiclass_data, tmp_path):
+    scratch = trained_models["scratch"]
+    before = read_manifest(scratch)
+    with pytest.raises(UserError, match=r"has classes \['circles', 'squares', 'triangles'\], but .*scratch was trained on "
+                                        r"\['circles', 'squares'\]: evaluate it on data with the same class folders"):
+        reevaluate(scratch, data=str(multiclass_data))
+    renamed = tmp_path / "renamed"
+    shutil.copytree(binary_data, renamed)
+    for split in ("train", "validation", "test"):
+        (renamed / split / "squares").rename(renamed / split / "boxes")
+    with pytest.raises(UserError, match=r"has classes \['boxes', 'circles'\], but"):
+        reevaluate(scratch, data=str(renamed))
+    assert read_manifest(scratch) == before
 
 
 def test_finetune_records_the_base_it_fine_tunes(trained_models, binary_data, tmp_path):

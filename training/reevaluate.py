@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .config import Hyperparameters
 from .data import load_datasets
+from .errors import UserError
 from .manifest import MANIFEST, read_manifest, write_json
 from .recipes import core_of
 from .train import load_keras_model, summary_line, write_evaluation
@@ -25,10 +26,13 @@ def dataset_of(manifest: dict) -> str | None:
 
 def reevaluate(model_dir: Path, *, data: str | None = None) -> dict:
     manifest = read_manifest(model_dir)
-    model = load_keras_model(model_dir)
     hp = hyperparameters_of(manifest)
     ds = load_datasets(data or dataset_of(manifest), hp, mnist=manifest["dataset"]["kind"] == "mnist",
                        cache_dir=model_dir / "cache")
+    if ds.classes != manifest["classes"]:
+        raise UserError(f"{data or manifest['dataset']['path']} has classes {ds.classes}, but {model_dir} was trained "
+                        f"on {manifest['classes']}: evaluate it on data with the same class folders")
+    model = load_keras_model(model_dir)
     result = write_evaluation(model_dir, core_of(model), ds, manifest["name"])
     manifest["metrics"] = {"test_accuracy": result["accuracy"], "test_loss": result["loss"],
                            "evaluated_on": result["evaluated_on"], **({"data": str(data)} if data else {})}
