@@ -34,6 +34,19 @@ def _remove_session_dir():
     shutil.rmtree(SESSION_DIR, ignore_errors=True)
 
 
+@pytest.fixture
+def offline(monkeypatch):
+    """No network, whether the machine has one or not: every host name lookup fails as it does
+    offline, so a download raises what it raises there (urllib's URLError(gaierror), which
+    keras.utils.get_file turns into "URL fetch failure")."""
+    import socket
+
+    def no_lookup(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_lookup)
+
+
 @pytest.fixture(scope="session")
 def binary_data() -> Path:
     """Two classes (circles, squares): the one-unit sigmoid path."""

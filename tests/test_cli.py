@@ -40,7 +40,7 @@ def test_a_missing_data_folder_is_one_line_without_traceback(tmp_path):
         (["evaluate", "{tmp}"], "is not a trained model folder"),
     ],
 )
-def test_user_mistakes_are_one_error_line(tmp_path, capfd, binary_data, mnist_npz, args, message):
+def test_user_mistakes_are_one_error_line(tmp_path, capfd, offline, binary_data, mnist_npz, args, message):
     args = [a.format(tmp=tmp_path, data=binary_data, mnist=mnist_npz) for a in args]
     models = ["--models-dir", str(tmp_path / "m")] if args[0] == "train" else []
     assert main(args + models) == 2

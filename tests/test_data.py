@@ -135,7 +135,7 @@ def test_mnist_from_npz_and_clear_errors(tmp_path, mnist_npz):
         load_mnist(bad)
 
 
-def test_mnist_offline_without_cache_names_the_option():
-    # KERAS_HOME is an empty temporary folder in tests and there is no network.
+def test_mnist_offline_without_cache_names_the_option(offline):
+    # KERAS_HOME is an empty temporary folder in tests, and `offline` takes the network away.
     with pytest.raises(UserError, match="pass --data PATH/TO/mnist.npz"):
         load_mnist(None)

@@ -111,12 +111,12 @@ def test_preprocess_input_is_inside_the_model():
     np.testing.assert_allclose(caffe, [[[[100 - 103.939, 100 - 116.779, 100 - 123.68]]]], rtol=1e-5)
 
 
-def test_imagenet_offline_is_an_error_naming_the_path_option():
+def test_imagenet_offline_is_an_error_naming_the_path_option(offline):
     with pytest.raises(UserError, match="pass --base-weights PATH"):
         build_base("mobilenet_v2", (48, 48, 3), "imagenet")
 
 
-def test_imagenet_offline_falls_back_to_random_when_allowed(capsys):
+def test_imagenet_offline_falls_back_to_random_when_allowed(offline, capsys):
     _, info = build_base("mobilenet_v2", (48, 48, 3), "imagenet", fallback_to_random=True)
     assert info.weights == "random" and "could not be downloaded" in info.source
     out = capsys.readouterr().out
