@@ -1,7 +1,10 @@
 """The command line: help, and one clear line (no traceback) for each mistake a user can make."""
 
+import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -38,14 +41,38 @@ def test_a_missing_data_folder_is_one_line_without_traceback(tmp_path):
         (["export"], "name a model folder"),
         (["export", "{tmp}"], "is not a trained model folder"),
         (["evaluate", "{tmp}"], "is not a trained model folder"),
+        (["train", "scratch", "--data", "{data}", "--dropout", "1"], "--dropout 1 is not a fraction from 0 (none) to below 1"),
+        (["pipeline", "--data", "{data}", "--dropout", "-0.5"], "--dropout -0.5 is not a fraction"),
+        (["train", "scratch", "--data", "{data}", "--seed", "-1"], "--seed -1 is not between 0 and 4294967295"),
+        (["train", "transfer", "--data", "{data}", "--base-weights", "{tmp}/text.weights.h5", "--image-size", "48"],
+         "text.weights.h5 is not a weights file Keras can read"),
+        (["export", "{unsplit_model}", "--data", "{train_only}", "--no-register"], "has no test/ or validation/ folder"),
     ],
 )
-def test_user_mistakes_are_one_error_line(tmp_path, capfd, offline, binary_data, mnist_npz, args, message):
-    args = [a.format(tmp=tmp_path, data=binary_data, mnist=mnist_npz) for a in args]
-    models = ["--models-dir", str(tmp_path / "m")] if args[0] == "train" else []
+def test_user_mistakes_are_one_error_line(tmp_path, capfd, offline, request, binary_data, mnist_npz, args, message):
+    (tmp_path / "text.weights.h5").write_text("not an HDF5 file")
+    unsplit_model = train_only = None
+    if "{unsplit_model}" in args:
+        unsplit_model, train_only = _trained_without_validation_split(tmp_path, request.getfixturevalue("trained_models"))
+    args = [a.format(tmp=tmp_path, data=binary_data, mnist=mnist_npz, unsplit_model=unsplit_model, train_only=train_only)
+            for a in args]
+    models = ["--models-dir", str(tmp_path / "m")] if args[0] in ("train", "pipeline") else []
     assert main(args + models) == 2
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def _trained_without_validation_split(tmp_path, trained_models):
+    """A model whose manifest says it trained with --validation-split 0 (the trained basenet's copy), and a
+    copy of its data with only train/: no split to check an export's parity on."""
+    model = tmp_path / "unsplit"
+    shutil.copytree(trained_models["basenet"], model)
+    manifest = json.loads((model / "manifest.json").read_text())
+    manifest["hyperparameters"]["validation_split"] = 0
+    (model / "manifest.json").write_text(json.dumps(manifest))
+    data = tmp_path / "train-only"
+    shutil.copytree(Path(manifest["dataset"]["path"]) / "train", data / "train")
+    return model, data
 
 
 def test_bad_option_values_are_usage_errors(capsys):

@@ -93,6 +93,8 @@ def build_base(base: str, input_shape: tuple[int, int, int], weights: str, *, al
             model = _constructor(base)(weights=str(path), **kwargs)
         except ValueError as err:
             raise UserError(f"{path} does not fit {display}: {str(err).splitlines()[0]}") from None
+        except OSError as err:  # h5py: not an HDF5 file, or a damaged one
+            raise UserError(f"{path} is not a weights file Keras can read ({str(err).splitlines()[0]})") from None
         info = WeightsInfo("file", str(path.resolve()))
     model.name = "base"
     return model, info

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from .errors import UserError
+
 RECIPES = ("scratch", "augmented", "transfer", "finetune", "mnist", "basenet")
 LADDER = ("scratch", "augmented", "transfer", "finetune")
 # The model name each ladder rung is saved under (the service serves these by default).
@@ -69,4 +71,19 @@ def resolve(recipe: str, **overrides) -> Hyperparameters:
         # Fast feature extraction sees each image once, unaugmented: no augmentation, fewer epochs.
         values.update(epochs=20, augment=False)
     values.update(given)
+    _check_ranges(values)
     return Hyperparameters(**values)
+
+
+# The largest seed every generator keras.utils.set_random_seed seeds takes (numpy's: 32 bits).
+MAX_SEED = 2**32 - 1
+
+
+def _check_ranges(values: dict) -> None:
+    """Values the CLI's types let through but the libraries refuse with a traceback."""
+    dropout = values.get("dropout", 0.0)
+    if not 0 <= dropout < 1:
+        raise UserError(f"--dropout {dropout:g} is not a fraction from 0 (none) to below 1")
+    seed = values.get("seed", 0)
+    if not 0 <= seed <= MAX_SEED:
+        raise UserError(f"--seed {seed} is not between 0 and {MAX_SEED}")

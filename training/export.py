@@ -129,8 +129,13 @@ def parity_inputs(model_dir: Path, manifest: dict, data: str | None, seed: int =
                            mnist=manifest["dataset"]["kind"] == "mnist", cache_dir=model_dir / "cache")
     except UserError as err:
         raise UserError(f"cannot check parity on real images: {err}; pass --data DIR") from None
+    split = ds.test if ds.test is not None else ds.validation
+    if split is None:
+        where = data or dataset_of(manifest)
+        raise UserError(f"cannot check parity on real images: {where} has no test/ or validation/ folder and the model was "
+                        "trained without a validation split; pass --data DIR with one")
     images = []
-    for batch, _ in (ds.test or ds.validation):
+    for batch, _ in split:
         images.append(np.asarray(batch))
         if sum(len(b) for b in images) >= PARITY_IMAGES:
             break
