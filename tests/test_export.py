@@ -117,6 +117,31 @@ def test_parity_failure_gives_the_figures(exported_models, trained_models):
         check_parity(inference, trained_models["augmented"] / "model.onnx", inputs, real)
 
 
+def _exported_copy(tmp_path, trained_models, name):
+    copy = tmp_path / name
+    shutil.copytree(trained_models[name], copy)
+    return copy
+
+
+def _export_files(model_dir):
+    return {path.relative_to(model_dir): path.read_bytes() for path in sorted(model_dir.rglob("*"))
+            if path.is_file() and (path.name in ("manifest.json", "model.onnx", "gradcam.onnx") or "saved_model" in path.parts)}
+
+
+def test_a_failed_export_leaves_the_previous_export_intact(tmp_path, exported_models, trained_models, monkeypatch):
+    from training import export as export_module
+
+    model_dir = _exported_copy(tmp_path, trained_models, "scratch")
+    # Another model in the folder: an export that got through would change every file.
+    shutil.copy2(trained_models["augmented"] / "model.keras", model_dir / "model.keras")
+    before = _export_files(model_dir)
+    monkeypatch.setattr(export_module, "TOLERANCE", -1.0)  # no difference is small enough: parity fails
+    with pytest.raises(UserError, match=f"ONNX export of {model_dir} does not compute what the Keras model does"):
+        export_model(model_dir, register_model=False)
+    assert _export_files(model_dir) == before
+    assert sorted(p.name for p in model_dir.iterdir() if p.name.startswith(".")) == []
+
+
 def test_registering_twice_keeps_both_versions(exported_models, trained_models):
     import bentoml
 

@@ -22,6 +22,7 @@ ONNX Runtime's feature map within as much of tf.GradientTape's on Keras'). The f
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import time
 from pathlib import Path
@@ -43,6 +44,7 @@ TOLERANCE = 1e-4
 ONNX_FILE = "model.onnx"
 GRADCAM_FILE = "gradcam.onnx"
 SAVED_MODEL_DIR = "saved_model"
+STAGING_DIR = ".export-in-progress"
 # What goes into the BentoML model store: what serving and TF Serving need, not the training state.
 PACKAGE_FILES = (MANIFEST, ONNX_FILE, GRADCAM_FILE, SAVED_MODEL_DIR, "evaluation.json", "history.json", "curves.png")
 # How the service turns feature_map and gradcam_weights into a heatmap (docs/model-package.md).
@@ -144,8 +146,12 @@ def parity_inputs(model_dir: Path, manifest: dict, data: str | None, seed: int =
     return np.concatenate([real, random]), len(real)
 
 
-def check_parity(inference: keras.Model, onnx_path: Path, inputs: np.ndarray, real_images: int) -> dict:
-    """Compare ONNX Runtime with Keras on `inputs`; raise UserError with the figures if they differ."""
+def check_parity(inference: keras.Model, onnx_path: Path, inputs: np.ndarray, real_images: int,
+                 model_dir: Path | None = None) -> dict:
+    """Compare ONNX Runtime with Keras on `inputs`; raise UserError with the figures if they differ.
+
+    `model_dir` names the model in the message (default: the folder of `onnx_path`)."""
+    model_dir = model_dir or onnx_path.parent
     expected = inference(inputs, training=False)
     session = onnx_session(onnx_path)
     got = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"image": inputs})))
@@ -170,12 +176,12 @@ def check_parity(inference: keras.Model, onnx_path: Path, inputs: np.ndarray, re
     }
     if diff_p > TOLERANCE or agree < 1.0:
         raise UserError(
-            f"ONNX export of {onnx_path.parent} does not compute what the Keras model does: largest difference in "
+            f"ONNX export of {model_dir} does not compute what the Keras model does: largest difference in "
             f"probabilities {diff_p:.2e} (allowed {TOLERANCE:.0e}), top-1 agreement {agree:.1%} on {len(inputs)} inputs"
         )
     worst = max(gradcam, key=gradcam.get)
     if gradcam[worst] > TOLERANCE:
-        raise UserError(f"Grad-CAM outputs of {onnx_path.parent} are off: {worst.removeprefix('max_rel_diff_')} differs by "
+        raise UserError(f"Grad-CAM outputs of {model_dir} are off: {worst.removeprefix('max_rel_diff_')} differs by "
                         f"{gradcam[worst]:.2e} of its largest value (allowed {TOLERANCE:.0e}) on {len(inputs)} inputs")
     return figures
 
@@ -233,6 +239,13 @@ def register(model_dir: Path, manifest: dict) -> str:
     return tag
 
 
+def _replace(source: Path, target: Path) -> None:
+    """Move a file or folder onto `target`, removing what was there."""
+    if target.is_dir():
+        shutil.rmtree(target)
+    os.replace(source, target)
+
+
 def export_model(model_dir: str | Path, *, data: str | None = None, register_model: bool = True, opset: int = OPSET) -> dict:
     """Export one trained model folder; return its extended manifest."""
     model_dir = Path(model_dir)
@@ -241,13 +254,22 @@ def export_model(model_dir: str | Path, *, data: str | None = None, register_mod
         raise UserError(f"{model_dir} holds no finished training run")
     model = load_keras_model(model_dir)
     start = time.perf_counter()
-    inference = inference_model(model)
-    write_saved_model(inference, model_dir / SAVED_MODEL_DIR)
-    write_onnx(inference, model_dir / ONNX_FILE, opset)
-    gradcam = gradcam_model(model)
-    write_onnx(gradcam, model_dir / GRADCAM_FILE, opset, input_name="feature_map")
     inputs, real = parity_inputs(model_dir, manifest, data)
-    parity = check_parity(inference, model_dir / ONNX_FILE, inputs, real)
+    inference = inference_model(model)
+    gradcam = gradcam_model(model)
+    # The new files are written aside and replace the previous export's only once they pass.
+    staging = model_dir / STAGING_DIR
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        write_saved_model(inference, staging / SAVED_MODEL_DIR)
+        write_onnx(inference, staging / ONNX_FILE, opset)
+        write_onnx(gradcam, staging / GRADCAM_FILE, opset, input_name="feature_map")
+        parity = check_parity(inference, staging / ONNX_FILE, inputs, real, model_dir)
+        for name in (SAVED_MODEL_DIR, ONNX_FILE, GRADCAM_FILE):
+            _replace(staging / name, model_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
     shape = [None, *inference.input.shape[1:]]
     outputs = {name: {"shape": [None, *map(int, tensor.shape[1:])], "dtype": "float32"} for name, tensor in inference.output.items()}
