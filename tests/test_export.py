@@ -142,6 +142,24 @@ def test_a_failed_export_leaves_the_previous_export_intact(tmp_path, exported_mo
     assert sorted(p.name for p in model_dir.iterdir() if p.name.startswith(".")) == []
 
 
+def test_export_all_goes_on_past_a_failing_model(tmp_path, exported_models, trained_models, capfd):
+    from training.cli import main
+
+    models = tmp_path / "models"
+    _exported_copy(models, trained_models, "basenet")
+    for broken in ("a-damaged", "c-untrained"):
+        shutil.copytree(trained_models["basenet"], models / broken, ignore=shutil.ignore_patterns("model.keras"))
+    (models / "a-damaged" / "model.keras").write_bytes(b"not a keras file")
+    capfd.readouterr()
+    assert main(["export", "--all", "--models-dir", str(models), "--no-register"]) == 2
+    out, err = capfd.readouterr()
+    damaged, untrained = err.splitlines()  # one line for each failure, in order
+    assert damaged.startswith(f"error: a-damaged: {models / 'a-damaged' / 'model.keras'} cannot be loaded (")
+    assert untrained == f"error: c-untrained: {models / 'c-untrained'} has no model.keras: train the model first"
+    assert "basenet      exported" in out  # exported after the first failure
+    assert read_manifest(models / "basenet")["export"]["created_at"] != exported_models["basenet"]["export"]["created_at"]
+
+
 def test_registering_twice_keeps_both_versions(exported_models, trained_models):
     import bentoml
 

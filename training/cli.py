@@ -133,21 +133,30 @@ def cmd_evaluate(args) -> None:
     reevaluate(Path(args.model_dir), data=args.data)
 
 
-def cmd_export(args) -> None:
+def cmd_export(args) -> int:
     from .export import export_line, export_model
     from .manifest import MANIFEST
 
-    if args.all:
-        models_dir = Path(args.models_dir)
-        dirs = sorted(p.parent for p in models_dir.glob(f"*/{MANIFEST}"))
-        if not dirs:
-            raise UserError(f"{models_dir} holds no trained models")
-    elif args.model_dir:
-        dirs = [Path(args.model_dir)]
-    else:
-        raise UserError("name a model folder (python -m training export models/<name>) or pass --all")
-    for model_dir in dirs:
+    def export(model_dir: Path) -> None:
         print(export_line(export_model(model_dir, data=args.data, register_model=not args.no_register, opset=args.opset)))
+
+    if args.model_dir and not args.all:
+        export(Path(args.model_dir))
+        return 0
+    if not args.all:
+        raise UserError("name a model folder (python -m training export models/<name>) or pass --all")
+    models_dir = Path(args.models_dir)
+    dirs = sorted(p.parent for p in models_dir.glob(f"*/{MANIFEST}"))
+    if not dirs:
+        raise UserError(f"{models_dir} holds no trained models")
+    failed = 0
+    for model_dir in dirs:  # one model's failure does not stop the others
+        try:
+            export(model_dir)
+        except UserError as err:
+            print(f"error: {model_dir.name}: {err}", file=sys.stderr)
+            failed += 1
+    return 2 if failed else 0
 
 
 def cmd_reproduce(args) -> None:
@@ -207,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Export MODEL_DIR (or every model with --all) to SavedModel and ONNX, check that ONNX Runtime "
                                         "computes what Keras computes, and register the package in the BentoML model store.")
     p.add_argument("model_dir", nargs="?", help="a trained model folder, e.g. models/finetuned")
-    p.add_argument("--all", action="store_true", help="export every trained model under --models-dir")
+    p.add_argument("--all", action="store_true", help="export every trained model under --models-dir; a model that fails "
+                   "is reported in one line and the others are exported (exit status 2 if any failed)")
     p.add_argument("--models-dir", default="models", metavar="DIR", help="(default: %(default)s)")
     p.add_argument("--data", metavar="DIR", help="dataset for the parity check (default: the one the model was trained on)")
     p.add_argument("--opset", type=_positive(int), default=17, help="ONNX opset (default: %(default)s)")
@@ -274,11 +284,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.func is not cmd_demo_data:
         _import_tensorflow_quietly()
     try:
-        args.func(args)
+        return args.func(args) or 0  # a command returns 2 when it reported its own errors
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command again to resume", file=sys.stderr)
         return 130
-    return 0
