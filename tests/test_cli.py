@@ -22,6 +22,13 @@ def test_help_lists_the_commands():
         assert command in result.stdout
 
 
+def test_pipeline_help_says_it_exports_each_rung():
+    result = run_cli("pipeline", "--help")
+    assert result.returncode == 0
+    assert "exporting each after training" in " ".join(result.stdout.split())
+    assert "--no-export" in result.stdout and "--no-register" in result.stdout
+
+
 def test_a_missing_data_folder_is_one_line_without_traceback(tmp_path):
     result = run_cli("train", "scratch", "--data", str(tmp_path / "nope"), "--models-dir", str(tmp_path / "m"))
     assert result.returncode == 2

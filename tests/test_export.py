@@ -142,6 +142,22 @@ def test_a_failed_export_leaves_the_previous_export_intact(tmp_path, exported_mo
     assert sorted(p.name for p in model_dir.iterdir() if p.name.startswith(".")) == []
 
 
+def test_only_a_changed_model_is_exported_again(tmp_path, exported_models, trained_models, capsys):
+    from training.export import export_if_changed, is_exported
+
+    model_dir = _exported_copy(tmp_path, trained_models, "scratch")
+    assert is_exported(model_dir)
+    assert export_if_changed(model_dir, register_model=False) == exported_models["scratch"]
+    assert "scratch: already exported" in capsys.readouterr().out
+    shutil.copy2(trained_models["augmented"] / "model.keras", model_dir / "model.keras")
+    assert not is_exported(model_dir)
+    manifest = export_if_changed(model_dir, register_model=False)
+    assert "scratch      exported: ONNX opset 17" in capsys.readouterr().out
+    assert manifest["files"]["model.keras"] == exported_models["augmented"]["files"]["model.keras"]
+    assert manifest["files"]["model.onnx"] != exported_models["scratch"]["files"]["model.onnx"]
+    assert manifest == read_manifest(model_dir) and is_exported(model_dir)
+
+
 def test_export_all_goes_on_past_a_failing_model(tmp_path, exported_models, trained_models, capfd):
     from training.cli import main
 

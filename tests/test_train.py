@@ -128,17 +128,20 @@ def test_evaluate_again_gives_the_same_figures(trained_models):
     assert after["test_loss"] == pytest.approx(before["test_loss"], rel=1e-5)
 
 
-def test_pipeline_skips_rungs_trained_with_the_same_options(trained_models, models_dir, binary_data, capsys):
+def test_pipeline_skips_rungs_trained_and_exported_with_the_same_options(exported_models, models_dir, binary_data, capsys):
     from tests.conftest import SCRATCH_SIZE, TRANSFER_SIZE
     from training.pipeline import run_pipeline
 
     per_recipe = {"scratch": {"image_size": SCRATCH_SIZE, "epochs": 2}, "augmented": {"image_size": SCRATCH_SIZE, "epochs": 1},
                   "transfer": {"image_size": TRANSFER_SIZE, "epochs": 1, "base_weights": "none"},
                   "finetune": {"image_size": TRANSFER_SIZE, "epochs": 1}}
-    manifests = run_pipeline(binary_data, models_dir=models_dir, per_recipe=per_recipe)
+    manifests = run_pipeline(binary_data, models_dir=models_dir, per_recipe=per_recipe, export=False)
     assert [m["name"] for m in manifests] == ["scratch", "augmented", "transfer", "finetuned"]
     out = capsys.readouterr().out
-    assert out.count("already trained with these options") == 4 and "test accuracy" in out
+    assert out.count("already trained with these options") == 4 and "test accuracy" in out and "export" not in out
+    manifests = run_pipeline(binary_data, models_dir=models_dir, per_recipe=per_recipe)
+    assert manifests == [exported_models[name] for name in ("scratch", "augmented", "transfer", "finetuned")]
+    assert capsys.readouterr().out.count("already exported from this model.keras") == 4
     with pytest.raises(UserError, match="trained with other options; pass --overwrite"):
         run_pipeline(binary_data, models_dir=models_dir, per_recipe={**per_recipe, "scratch": {"image_size": SCRATCH_SIZE, "epochs": 3}})
 

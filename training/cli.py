@@ -124,7 +124,8 @@ def cmd_train(args) -> None:
 def cmd_pipeline(args) -> None:
     from .pipeline import run_pipeline
 
-    run_pipeline(_data(args), models_dir=args.models_dir, prefix=args.prefix, overwrite=args.overwrite, **_overrides(args))
+    run_pipeline(_data(args), models_dir=args.models_dir, prefix=args.prefix, overwrite=args.overwrite,
+                 export=not args.no_export, register_model=not args.no_register, **_overrides(args))
 
 
 def cmd_evaluate(args) -> None:
@@ -199,9 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_hyperparameters(p)
     p.set_defaults(func=cmd_train)
 
-    p = commands.add_parser("pipeline", help="train the ladder: scratch, augmented, transfer, finetune",
-                            description="Train scratch, augmented, transfer and finetune in order; rungs already trained are skipped.")
+    p = commands.add_parser("pipeline", help="train and export the ladder: scratch, augmented, transfer, finetune",
+                            description="Train scratch, augmented, transfer and finetune in order, exporting each after "
+                                        "training (as `export` does: SavedModel, ONNX, parity check, BentoML store); rungs "
+                                        "already trained with the same options, and exports already of the model trained, "
+                                        "are skipped.")
     p.add_argument("--prefix", default="", type=lambda s: s and _model_name(s), help="prefix of the four model names (default none)")
+    p.add_argument("--no-export", action="store_true", help="train only; export later with `export --all`")
+    p.add_argument("--no-register", action="store_true", help="export, but do not register in the BentoML model store")
     _add_data_options(p)
     _add_hyperparameters(p, learning_rate=False)
     p.set_defaults(func=cmd_pipeline)

@@ -17,7 +17,6 @@ import requests
 from .config import LADDER, LADDER_NAMES
 from .demo_data import generate_demo_dataset
 from .errors import UserError
-from .export import export_line, export_model
 from .manifest import MANIFEST, read_manifest
 from .pipeline import run_pipeline
 
@@ -44,14 +43,8 @@ def run_demo(*, models_dir: Path, data: Path, epochs: int | None = None, base_we
     per_recipe = {recipe: {"epochs": epochs or n} for recipe, n in EPOCHS.items()}
     manifests = run_pipeline(str(data), models_dir=models_dir, fallback_to_random=True, per_recipe=per_recipe,
                              image_size=IMAGE_SIZE, base_weights=base_weights)
-    print()
-    exported = []
-    for manifest in manifests:
-        model_dir = models_dir / manifest["name"]
-        exported.append(read_manifest(model_dir) if "export" in manifest else export_model(model_dir))
-        print(export_line(exported[-1]))
-    serve_and_classify([m["name"] for m in exported], data)
-    return exported
+    serve_and_classify([m["name"] for m in manifests], data)
+    return manifests
 
 
 def serve_and_classify(names: list[str], data: Path) -> None:

@@ -33,7 +33,7 @@ import numpy as np
 from .data import load_datasets
 from .errors import UserError
 from .gradcam import GradCamWeights, feature_map_centres, gradient_tape_weights, head_layers
-from .manifest import MANIFEST, library_versions, now, read_manifest, write_json
+from .manifest import KERAS_FILE, MANIFEST, library_versions, now, read_manifest, write_json
 from .recipes import FEATURE_MAP, core_of
 from .reevaluate import dataset_of, hyperparameters_of
 from .train import load_keras_model
@@ -285,12 +285,30 @@ def export_model(model_dir: str | Path, *, data: str | None = None, register_mod
         "parity": parity,
         "versions": library_versions("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "onnxruntime-gpu", "numpy"),
     }
-    manifest["files"] = file_records(model_dir, ("model.keras", ONNX_FILE, GRADCAM_FILE, SAVED_MODEL_DIR))
+    manifest["files"] = file_records(model_dir, (KERAS_FILE, ONNX_FILE, GRADCAM_FILE, SAVED_MODEL_DIR))
     write_json(model_dir / MANIFEST, manifest)
     if register_model:
         tag = register(model_dir, manifest)
         manifest.setdefault("registered", []).append({"tag": tag, "at": now()})
         write_json(model_dir / MANIFEST, manifest)
+    return manifest
+
+
+def is_exported(model_dir: Path) -> bool:
+    """True when the folder's export is of the model.keras it holds now."""
+    manifest = read_manifest(model_dir)
+    recorded = manifest.get("files", {}).get(KERAS_FILE, {}).get("sha256")
+    return "export" in manifest and recorded == file_records(model_dir, [KERAS_FILE])[KERAS_FILE]["sha256"]
+
+
+def export_if_changed(model_dir: Path, *, register_model: bool = True) -> dict:
+    """Export the folder unless its export is already of its model.keras; print one line; return the manifest."""
+    if is_exported(model_dir):
+        manifest = read_manifest(model_dir)
+        print(f"{manifest['name']}: already exported from this model.keras, keeping that export")
+        return manifest
+    manifest = export_model(model_dir, register_model=register_model)
+    print(export_line(manifest))
     return manifest
 
 

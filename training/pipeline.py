@@ -2,7 +2,8 @@
 
 Each rung is an ordinary training run; finetune starts from the transfer rung's model. A rung
 already trained with the same options is skipped (so an interrupted pipeline picks up where it stopped), unless
-`overwrite` asks to train it again.
+`overwrite` asks to train it again. Each rung is then exported (SavedModel, ONNX, parity check, BentoML
+store), unless its export is already of the model it holds or `export` is False.
 """
 
 from __future__ import annotations
@@ -10,13 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import LADDER, LADDER_NAMES, resolve
+from .export import export_if_changed
 from .manifest import read_manifest
 from .train import run_record, summary_line, train, trained_with
 
 
 def run_pipeline(data, *, models_dir: str | Path = "models", prefix: str = "", overwrite: bool = False,
-                 fallback_to_random: bool = False, per_recipe: dict[str, dict] | None = None, **overrides) -> list[dict]:
-    """Train the four rungs into models_dir/<prefix><name>; return their manifests.
+                 fallback_to_random: bool = False, per_recipe: dict[str, dict] | None = None, export: bool = True,
+                 register_model: bool = True, **overrides) -> list[dict]:
+    """Train (and export) the four rungs into models_dir/<prefix><name>; return their manifests.
 
     `overrides` apply to every rung, `per_recipe[recipe]` to one.
     """
@@ -29,10 +32,11 @@ def run_pipeline(data, *, models_dir: str | Path = "models", prefix: str = "", o
         hp = resolve(recipe, **{**overrides, **(per_recipe or {}).get(recipe, {})})
         if not overwrite and trained_with(out, run_record(recipe, hp, data, source)):
             print(f"{name}: already trained with these options in {out}, skipping it (--overwrite trains it again)")
-            manifests.append(read_manifest(out))
-            continue
-        manifests.append(train(recipe, hp, data=data, name=name, models_dir=models_dir,
-                               source=source, overwrite=overwrite, fallback_to_random=fallback_to_random))
+            manifest = read_manifest(out)
+        else:
+            manifest = train(recipe, hp, data=data, name=name, models_dir=models_dir,
+                             source=source, overwrite=overwrite, fallback_to_random=fallback_to_random)
+        manifests.append(export_if_changed(out, register_model=register_model) if export else manifest)
     print_summary(manifests)
     return manifests
 

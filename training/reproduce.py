@@ -12,8 +12,7 @@ from pathlib import Path
 
 from .config import resolve
 from .errors import UserError
-from .export import export_line, export_model, file_records
-from .manifest import KERAS_FILE, read_manifest
+from .export import export_if_changed
 from .pipeline import print_summary
 from .train import run_record, train, trained_with
 
@@ -28,13 +27,6 @@ RUNGS = [
 ]
 FINETUNE_FROM = "cvd-transfer"
 SEED_FIGURES = {name: figure for name, _, _, figure in RUNGS}
-
-
-def _exported(model_dir: Path) -> bool:
-    """True when the folder's export is of the model.keras it holds now."""
-    manifest = read_manifest(model_dir)
-    recorded = manifest.get("files", {}).get(KERAS_FILE, {}).get("sha256")
-    return "export" in manifest and recorded == file_records(model_dir, [KERAS_FILE])[KERAS_FILE]["sha256"]
 
 
 def reproduce(*, data: str, mnist: str | None, base_weights: str, models_dir: str | Path = "models",
@@ -60,12 +52,8 @@ def reproduce(*, data: str, mnist: str | None, base_weights: str, models_dir: st
             done = False
         if done:
             print(f"{name}: already trained with these options, reusing {out}")
-            manifest = read_manifest(out)
         else:
-            manifest = train(recipe, hp, data=rung_data, name=name, models_dir=models_dir, source=source, overwrite=True)
-        if not _exported(out):
-            manifest = export_model(out)
-            print(export_line(manifest))
-        manifests.append(manifest)
+            train(recipe, hp, data=rung_data, name=name, models_dir=models_dir, source=source, overwrite=True)
+        manifests.append(export_if_changed(out))
     print_summary(manifests)
     return manifests
