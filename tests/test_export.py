@@ -53,17 +53,28 @@ def test_export_records_parity_files_and_shapes(exported_models, trained_models,
         ("feature_map", ["batch", fh, fw, d]), ("features", ["batch", d]), ("probabilities", ["batch", k])]
 
 
-def test_saved_model_signature(exported_models, trained_models):
+@pytest.mark.parametrize("name", ALL)
+def test_saved_model_signature(exported_models, trained_models, name):
     import tensorflow as tf
 
-    loaded = tf.saved_model.load(str(trained_models["finetuned"] / "saved_model"))
+    export = exported_models[name]["export"]
+    loaded = tf.saved_model.load(str(trained_models[name] / "saved_model"))
     signature = loaded.signatures["serving_default"]
     (spec,) = signature.structured_input_signature[1].values()
-    assert spec.name == "image" and spec.shape.as_list() == [None, 48, 48, 3] and spec.dtype == tf.float32
+    assert spec.name == "image" and spec.shape.as_list() == export["input"]["shape"] and spec.dtype == tf.float32
     assert {name: t.shape.as_list() for name, t in signature.structured_outputs.items()} == {
-        "probabilities": [None, 2], "features": [None, 1280], "feature_map": [None, 2, 2, 1280]}
-    out = signature(image=tf.fill((3, 48, 48, 3), 100.0))
+        output: record["shape"] for output, record in export["outputs"].items()}
+    assert set(export["outputs"]) == {"probabilities", "features", "feature_map"}
+    out = signature(image=tf.fill((3, *export["input"]["shape"][1:]), 100.0))
     np.testing.assert_allclose(tf.reduce_sum(out["probabilities"], axis=1), np.ones(3), rtol=1e-5)
+
+
+def test_the_finetuned_saved_model_has_the_contracts_shapes(exported_models):
+    # The shapes above come from the manifest; here they are written out for one model.
+    export = exported_models["finetuned"]["export"]
+    assert export["input"]["shape"] == [None, 48, 48, 3]
+    assert {name: record["shape"] for name, record in export["outputs"].items()} == {
+        "probabilities": [None, 2], "features": [None, 1280], "feature_map": [None, 2, 2, 1280]}
 
 
 def test_sigmoid_models_export_two_columns_that_match_keras(trained_models):
