@@ -97,7 +97,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keras-model", type=Path,
                         help="the trained model folder (model.keras) for the naive server (default: models/NAME)")
     parser.add_argument("--skip", action="append", default=[], choices=STAGES, help="leave a stage out (repeatable)")
-    parser.add_argument("--out", type=Path, help="report folder (default: reports/bench-MODEL-IMAGES-TIME)")
+    parser.add_argument("--out", type=Path,
+                        help="report folder, made if missing: bench.md, bench.json, throughput.png, latency.png, time.png "
+                             "and the servers' logs in logs/ (default: reports/bench-MODEL-IMAGES-TIME)")
     args = parser.parse_args(argv)
     for name in ("limit", "phone_photos", "min_requests", "max_images_in_flight"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
