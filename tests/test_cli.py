@@ -64,6 +64,7 @@ def test_user_mistakes_are_one_error_line(tmp_path, capfd, offline, request, bin
     args = [a.format(tmp=tmp_path, data=binary_data, mnist=mnist_npz, unsplit_model=unsplit_model, train_only=train_only)
             for a in args]
     models = ["--models-dir", str(tmp_path / "m")] if args[0] in ("train", "pipeline") else []
+    capfd.readouterr()  # what preparing the case wrote is not the command's
     assert main(args + models) == 2
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
