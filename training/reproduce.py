@@ -23,7 +23,10 @@ RUNGS = [
     ("cvd-transfer-features", "transfer", {"transfer_mode": "features"}, 0.90),
     ("cvd-transfer", "transfer", {}, 0.96),
     ("cvd-finetuned", "finetune", {"image_size": (224, 224)}, 0.97),
-    ("mnist", "mnist", {}, 0.993),
+    # The seed's protocol (all 60,000 digits, the last epoch kept), with 10 epochs and a cosine
+    # schedule chosen on a held-out 10%: validation accuracy 99.37% against 99.18% for the seed's 5
+    # constant epochs (docs/results.md).
+    ("mnist", "mnist", {"validation_split": 0.0, "epochs": 10, "lr_schedule": "cosine"}, 0.993),
 ]
 FINETUNE_FROM = "cvd-transfer"
 SEED_FIGURES = {name: figure for name, _, _, figure in RUNGS}
