@@ -241,9 +241,17 @@ def _decode_pillow(image: Image.Image, channels: int) -> np.ndarray:
 
 def preprocess(data: bytes, spec: InputSpec, *, max_pixels: int, jpeg_reduce: bool) -> np.ndarray:
     """One file -> float32 (height, width, channels), values 0-255: the model's input for one image."""
+    return picture_and_input(data, spec, max_pixels=max_pixels, jpeg_reduce=jpeg_reduce)[1]
+
+
+def picture_and_input(data: bytes, spec: InputSpec, *, max_pixels: int, jpeg_reduce: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One file -> the picture as a person sees it (uint8 HWC, oriented) and `preprocess`'s model input.
+
+    The picture is a view of the decoded pixels (`orient` only flips and transposes), so asking for
+    it costs nothing; the input is resized from the pixels as stored (see resize_bilinear)."""
     pixels, orientation = decode_stored(data, spec.channels, max_pixels=max_pixels,
                                         reduce_to=(spec.height, spec.width) if jpeg_reduce else None)
-    return resize_bilinear(pixels, spec.height, spec.width, orientation)
+    return orient(pixels, orientation), resize_bilinear(pixels, spec.height, spec.width, orientation)
 
 
 def _measure_jpeg_reduce() -> None:

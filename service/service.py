@@ -4,7 +4,7 @@ A request, end to end:
   POST /classify (ImageClassifier, the public service)
     requests.RequestGuard       content type, body size
     requests.ClassifyInput      form fields, file count
-    _preprocess                 imaging.preprocess per image, in a thread -> float32 [n, H, W, C]
+    _preprocess                 imaging.picture_and_input per image, in a thread -> float32 [n, H, W, C]
     _infer                      Inference.infer_<model>: BentoML's adaptive batching gathers the
                                 arrays of concurrent requests for that model into one batch,
                                 engine.Model.run runs ONNX Runtime on it
@@ -297,7 +297,7 @@ class ImageClassifier:
             if label and label not in package.classes:
                 raise Rejection(Reason.UNKNOWN_LABEL, f"unknown label {label!r}; the classes of model {package.name}: "
                                                       f"{', '.join(package.classes)}", ("label",))
-            picture, tensor = await anyio.to_thread.run_sync(self._decode_shown, package, images[0], limiter=self.decode_limiter)
+            picture, tensor = await anyio.to_thread.run_sync(self._decode, package, images[0], limiter=self.decode_limiter)
             row = (await self._infer(package, tensor[None], "explain", api_name(package.name, "explain")))[0]
         except Rejection as rejection:
             # With a context parameter, BentoML gives any returned response the context's status.
@@ -363,32 +363,19 @@ class ImageClassifier:
             raise Rejection(Reason.UNAVAILABLE, "the inference service did not answer (restarting or failing); "
                                                 "retry later") from None
 
-    @staticmethod
-    def _decode_all(package: ModelPackage, images: list[Path]) -> np.ndarray:
-        tensors = []
-        for index, path in enumerate(images):
-            start = time.perf_counter()
-            try:
-                tensors.append(imaging.preprocess(path.read_bytes(), package.input, max_pixels=SETTINGS.max_image_pixels,
-                                                  jpeg_reduce=SETTINGS.jpeg_reduce))
-            except Rejection as rejection:
-                raise rejection.at("images", index) from None
-            metrics.PREPROCESS_SECONDS.labels(model=package.name).observe(time.perf_counter() - start)
-        return np.stack(tensors)
+    @classmethod
+    def _decode_all(cls, package: ModelPackage, images: list[Path]) -> np.ndarray:
+        return np.stack([cls._decode(package, path, index)[1] for index, path in enumerate(images)])
 
     @staticmethod
-    def _decode_shown(package: ModelPackage, image: Path) -> tuple[np.ndarray, np.ndarray]:
-        """The picture as a person sees it (decoded, oriented) and the model's input tensor for it."""
+    def _decode(package: ModelPackage, image: Path, index: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """The file images[index]: the picture as a person sees it (decoded, oriented) and the model's input tensor."""
         start = time.perf_counter()
-        spec = package.input
         try:
-            pixels, orientation = imaging.decode_stored(
-                image.read_bytes(), spec.channels, max_pixels=SETTINGS.max_image_pixels,
-                reduce_to=(spec.height, spec.width) if SETTINGS.jpeg_reduce else None)
+            shown, tensor = imaging.picture_and_input(image.read_bytes(), package.input, max_pixels=SETTINGS.max_image_pixels,
+                                                      jpeg_reduce=SETTINGS.jpeg_reduce)
         except Rejection as rejection:
-            raise rejection.at("images", 0) from None
-        shown = imaging.orient(pixels, orientation)
-        tensor = imaging.resize_bilinear(pixels, spec.height, spec.width, orientation)
+            raise rejection.at("images", index) from None
         metrics.PREPROCESS_SECONDS.labels(model=package.name).observe(time.perf_counter() - start)
         return shown, tensor
 

@@ -80,6 +80,9 @@ def test_exif_orientation_is_pillows(orientation):
     data = with_orientation(photo_like(30, 50), orientation, "PNG")
     expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
     np.testing.assert_array_equal(imaging.decode(data, 3, max_pixels=NO_LIMIT), expected)
+    # The picture /explain draws its heatmap over, beside the model input made from the same decode.
+    picture, _ = imaging.picture_and_input(data, InputSpec(24, 32, 3), max_pixels=NO_LIMIT, jpeg_reduce=False)
+    np.testing.assert_array_equal(picture, expected)
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
