@@ -1,6 +1,6 @@
 """Test helpers for the service: hand-built ONNX models that honour the package contract, a model
-store to put them in, and image files to send a real `bentoml serve` (loadtests/servers.py runs it;
-the benchmark uses the same code).
+store to put them in, image files to send a real `bentoml serve` (loadtests/servers.py runs it;
+the benchmark uses the same code), and the table of bad requests every image endpoint refuses.
 
 The hand-built models (onnx.helper, no TensorFlow) let the service tests run before and besides
 the real trained models: features = the mean of each channel over the image (ReduceMean over
@@ -123,6 +123,7 @@ def register(model: TinyModel, bentoml_home: Path, *, onnx: bytes | None = None,
 
 
 JPEG_SAMPLE = encode(photo_like(60, 80), "JPEG", quality=90)
+PNG_SAMPLE = encode(photo_like(50, 40, seed=1), "PNG")
 
 
 def png_bomb(width: int, height: int) -> bytes:
@@ -135,6 +136,62 @@ def png_bomb(width: int, height: int) -> bytes:
     pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+# --- bad input: one table for every image endpoint ------------------------------------------------
+
+# The limits BAD_REQUESTS exceeds: a server that is sent the table runs with them. (too-many-images
+# sends 5 images: over test_service_http's limit of 4 per request; /explain takes one.)
+BAD_INPUT_LIMITS = {"SERVICE_MAX_IMAGE_PIXELS": "1000000", "SERVICE_MAX_BODY_BYTES": str(1 << 20)}
+
+
+def huge_png() -> bytes:
+    return png_bomb(2000, 1000)  # 2 000 000 pixels, over the limit of 1 000 000
+
+
+BAD_REQUESTS = {
+    # name: (request arguments, expected status, expected detail type[, expected detail loc])
+    "not-an-image": (dict(images=[("notes.txt", b"just some text")]), 400, "not_an_image"),
+    "truncated-jpeg": (dict(images=[("cut.jpg", JPEG_SAMPLE[: len(JPEG_SAMPLE) // 2])]), 400, "corrupt_image"),
+    "corrupt-png": (dict(images=[("bad.png", PNG_SAMPLE[:60] + bytes(200) + PNG_SAMPLE[260:])]), 400, "corrupt_image"),
+    "empty-file": (dict(images=[("empty.jpg", b"")]), 400, "empty_file"),
+    "unsupported-format": (dict(images=[("a.tif", encode(photo_like(10, 10), "TIFF"))]), 415, "unsupported_format"),
+    "too-many-pixels": (dict(images=[("bomb.png", None)]), 413, "too_many_pixels"),
+    "too-many-images": (dict(images=[("a.jpg", JPEG_SAMPLE)] * 5), 400, "too_many_images"),
+    "body-too-large": (dict(images=[("big.jpg", bytes(1 << 20))]), 413, "body_too_large"),
+    "unknown-model": (dict(model="resnet9000"), 400, "unknown_model"),
+    "top-k-zero": (dict(top_k=0), 400, "top_k_out_of_range"),
+    "top-k-over-classes": (dict(top_k=4), 400, "top_k_out_of_range"),
+    "missing-images": (dict(images=[], fields=[("model", RGB_MODEL.name)]), 400, "missing_field"),
+    "misnamed-field": (dict(images=[], files=[("image", ("a.jpg", JPEG_SAMPLE))]), 400, "unknown_field"),
+    "text-instead-of-file": (dict(images=[], fields=[("images", "http://example.com/cat.jpg")]), 400, "invalid_field"),
+    "file-instead-of-text": (dict(files=[("model", ("model.txt", RGB_MODEL.name.encode()))]), 400, "invalid_field", ["model"]),
+}
+# Entries about a field of /classify alone (top_k of RGB_MODEL's 3 classes); the others hold for every image endpoint.
+CLASSIFY_ONLY = ("top-k-zero", "top-k-over-classes")
+
+
+def send_bad(server: Server, route: str, images, files=(), fields=(), **options) -> requests.Response:
+    """A multipart request: `images` as files (None: huge_png()), `files` as they are, `fields` and
+    `options` as text parts."""
+    parts = [("images", (name, huge_png() if data is None else data)) for name, data in images]
+    parts += list(files)
+    parts += [(name, (None, str(value))) for name, value in [*fields, *options.items()]]
+    return requests.post(server.url + route, files=parts, timeout=60)
+
+
+def check_refusal(server: Server, route: str, name: str) -> None:
+    """BAD_REQUESTS[name] sent to `route` is refused with its status and a JSON body naming the problem."""
+    arguments, status, kind, *loc = BAD_REQUESTS[name]
+    arguments = dict(arguments)
+    images = arguments.pop("images", [("a.jpg", JPEG_SAMPLE)])
+    response = send_bad(server, route, images, **arguments)
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert isinstance(body["error"], str) and body["error"]
+    assert body["detail"][0]["type"] == kind, body
+    if loc:
+        assert body["detail"][0]["loc"] == loc[0], body
 
 
 # --- a real server ---------------------------------------------------------------------------------

@@ -22,16 +22,11 @@ from PIL import Image
 from service import imaging
 from loadtests.images import encode, photo_like
 from loadtests.servers import metric_value, process_role, serve_env, serving
-from tests.service_helpers import GRAY_MODEL, JPEG_SAMPLE, RGB_MODEL, batch_concurrently, png_bomb, register
+from tests.service_helpers import (BAD_INPUT_LIMITS, BAD_REQUESTS, GRAY_MODEL, JPEG_SAMPLE, PNG_SAMPLE, RGB_MODEL,
+                                   batch_concurrently, check_refusal, register, send_bad)
 
-LIMITS = {
-    "SERVICE_MAX_IMAGES_PER_REQUEST": "4",
-    "SERVICE_MAX_IMAGE_PIXELS": "1000000",
-    "SERVICE_MAX_BODY_BYTES": str(1 << 20),
-    "SERVICE_MAX_BATCH_SIZE": "8",
-}
-JPEG = JPEG_SAMPLE
-PNG = encode(photo_like(50, 40, seed=1), "PNG")
+LIMITS = {"SERVICE_MAX_IMAGES_PER_REQUEST": "4", "SERVICE_MAX_BATCH_SIZE": "8", **BAD_INPUT_LIMITS}
+JPEG, PNG = JPEG_SAMPLE, PNG_SAMPLE
 # A JPEG with a second picture after it (MPF), as many phones write: Pillow calls it MPO.
 MPO = encode(photo_like(50, 40, seed=2), "MPO", save_all=True, append_images=[Image.fromarray(photo_like(20, 30))])
 
@@ -156,49 +151,9 @@ def test_openapi_documents_every_endpoint_and_field(server):
 # --- bad input: a 4xx naming the problem, then the server still answers -----------------------------
 
 
-def huge_png() -> bytes:
-    return png_bomb(2000, 1000)  # 2 000 000 pixels, over the limit of 1 000 000
-
-
-BAD_REQUESTS = {
-    # name: (request arguments, expected status, expected detail type[, expected detail loc])
-    "not-an-image": (dict(images=[("notes.txt", b"just some text")]), 400, "not_an_image"),
-    "truncated-jpeg": (dict(images=[("cut.jpg", JPEG[: len(JPEG) // 2])]), 400, "corrupt_image"),
-    "corrupt-png": (dict(images=[("bad.png", PNG[:60] + bytes(200) + PNG[260:])]), 400, "corrupt_image"),
-    "empty-file": (dict(images=[("empty.jpg", b"")]), 400, "empty_file"),
-    "unsupported-format": (dict(images=[("a.tif", encode(photo_like(10, 10), "TIFF"))]), 415, "unsupported_format"),
-    "too-many-pixels": (dict(images=[("bomb.png", None)]), 413, "too_many_pixels"),
-    "too-many-images": (dict(images=[("a.jpg", JPEG)] * 5), 400, "too_many_images"),
-    "unknown-model": (dict(model="resnet9000"), 400, "unknown_model"),
-    "top-k-zero": (dict(top_k=0), 400, "top_k_out_of_range"),
-    "top-k-over-classes": (dict(top_k=4), 400, "top_k_out_of_range"),
-    "missing-images": (dict(images=[], fields=[("model", RGB_MODEL.name)]), 400, "missing_field"),
-    "misnamed-field": (dict(images=[], files=[("image", ("a.jpg", JPEG))]), 400, "unknown_field"),
-    "text-instead-of-file": (dict(images=[], fields=[("images", "http://example.com/cat.jpg")]), 400, "invalid_field"),
-    "file-instead-of-text": (dict(files=[("model", ("model.txt", RGB_MODEL.name.encode()))]), 400, "invalid_field", ["model"]),
-}
-
-
-def send_bad(server, route: str, images, files=(), fields=(), **options) -> requests.Response:
-    """A multipart request: `images` as files, `files` as they are, `fields` and `options` as text parts."""
-    parts = [("images", (name, huge_png() if data is None else data)) for name, data in images]
-    parts += list(files)
-    parts += [(name, (None, str(value))) for name, value in [*fields, *options.items()]]
-    return requests.post(server.url + route, files=parts, timeout=60)
-
-
 @pytest.mark.parametrize("name", list(BAD_REQUESTS))
 def test_bad_input_is_a_4xx_naming_the_problem_and_the_server_keeps_serving(server, name):
-    arguments, status, kind, *loc = BAD_REQUESTS[name]
-    arguments = dict(arguments)
-    images = arguments.pop("images", [("a.jpg", JPEG)])
-    response = send_bad(server, "/classify", images, **arguments)
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert isinstance(body["error"], str) and body["error"]
-    assert body["detail"][0]["type"] == kind, body
-    if loc:
-        assert body["detail"][0]["loc"] == loc[0], body
+    check_refusal(server, "/classify", name)
     assert post(server, "/classify").status_code == 200
 
 
@@ -223,11 +178,8 @@ def test_explain_needs_a_package_with_the_gradcam_graph(server):
     assert post(server, "/classify").status_code == 200
 
 
-def test_body_over_the_limit_is_refused_before_reading_it(server):
-    big = [("big.jpg", bytes(1 << 20))]
-    response = post(server, "/classify", big)
-    assert response.status_code == 413 and response.json()["detail"][0]["type"] == "body_too_large"
-    # The same without Content-Length: a chunked body is counted as it arrives.
+def test_a_chunked_body_over_the_limit_is_refused_as_it_arrives(server):
+    # BAD_REQUESTS' body-too-large has a Content-Length; without one the body is counted as it arrives.
     body, content_type = urllib3.encode_multipart_formdata([("images", ("big.jpg", bytes(1 << 20)))])
     chunked = requests.post(server.url + "/classify", data=iter([body[i:i + 65536] for i in range(0, len(body), 65536)]),
                             headers={"Content-Type": content_type}, timeout=60)

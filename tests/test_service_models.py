@@ -18,7 +18,7 @@ from PIL import Image
 
 from loadtests.images import encode
 from loadtests.servers import serve_env, serving
-from tests.service_helpers import batch_concurrently
+from tests.service_helpers import BAD_INPUT_LIMITS, BAD_REQUESTS, CLASSIFY_ONLY, batch_concurrently, check_refusal
 
 # Every model conftest.py exports: the service's default four, grayscale MNIST, two softmax models.
 MODELS = ["scratch", "augmented", "transfer", "finetuned", "mnist", "basenet", "transfer-features"]
@@ -26,9 +26,11 @@ MODELS = ["scratch", "augmented", "transfer", "finetuned", "mnist", "basenet", "
 
 @pytest.fixture(scope="module")
 def server(exported_models, tmp_path_factory):
-    """The exported models, served from the BentoML home they were registered in, at those versions."""
+    """The exported models, served from the BentoML home they were registered in, at those versions,
+    with the limits of the service helpers' bad-input table."""
     tags = [exported_models[name]["registered"][-1]["tag"] for name in MODELS]
-    env = serve_env(Path(os.environ["BENTOML_HOME"]), SERVICE_MODELS=",".join(tags), SERVICE_MAX_IMAGES_PER_REQUEST="32")
+    env = serve_env(Path(os.environ["BENTOML_HOME"]), SERVICE_MODELS=",".join(tags), SERVICE_MAX_IMAGES_PER_REQUEST="32",
+                    **BAD_INPUT_LIMITS)
     with serving(env, tmp_path_factory.mktemp("logs") / "server.log") as running:
         yield running
 
@@ -167,20 +169,22 @@ def test_explain_answers_probabilities_and_a_heatmap(server, name, binary_data, 
         assert Image.open(io.BytesIO(response.content)).size == picture.size
 
 
-def test_explain_refuses_bad_input_and_keeps_serving(server, binary_data):
-    image = sorted((binary_data / "test").rglob("*.jpg"))[0].read_bytes()
-    cases = [
-        (dict(model="finetuned", label="zebras"), 400, "unknown_label"),
-        (dict(model="finetuned", format="gif"), 400, "literal_error"),
-        (dict(model="nope"), 400, "unknown_model"),
-    ]
-    for fields, status, kind in cases:
-        response = explain_request(server, image, **fields)
-        assert response.status_code == status and response.json()["detail"][0]["type"] == kind, (fields, response.text)
-    two = requests.post(server.url + "/explain", files=[("images", ("a.jpg", image)), ("images", ("b.jpg", image))], timeout=60)
-    assert two.status_code == 400 and two.json()["detail"][0]["type"] == "too_many_images"
-    text = explain_request(server, b"not an image at all")
-    assert text.status_code == 400 and text.json()["detail"][0]["type"] == "not_an_image"
+@pytest.fixture(scope="module")
+def photo(binary_data) -> bytes:
+    return sorted((binary_data / "test").rglob("*.jpg"))[0].read_bytes()
+
+
+@pytest.mark.parametrize("name", [name for name in BAD_REQUESTS if name not in CLASSIFY_ONLY])
+def test_explain_refuses_bad_input_like_every_endpoint(server, photo, name):
+    """The bad-input table every image endpoint shares (tests/service_helpers.py), against the default
+    model (finetuned), which can explain; the server answers the next good request."""
+    check_refusal(server, "/explain", name)
+    assert explain_request(server, photo).status_code == 200
+
+
+def test_explain_refuses_its_own_bad_input_and_keeps_serving(server, photo):
+    unknown = explain_request(server, photo, model="finetuned", label="zebras")
+    assert unknown.status_code == 400 and unknown.json()["detail"][0]["type"] == "unknown_label", unknown.text
     as_json = requests.post(server.url + "/explain", json={"images": []}, timeout=60)
     assert as_json.status_code == 415 and as_json.json()["detail"][0]["type"] == "wrong_content_type"
-    assert explain_request(server, image).status_code == 200
+    assert explain_request(server, photo).status_code == 200
