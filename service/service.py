@@ -303,12 +303,14 @@ class ImageClassifier:
             # With a context parameter, BentoML gives any returned response the context's status.
             ctx.response.status_code = rejection.status
             return rejection.response()
+        top = int(np.argmax(row["probabilities"]))
+        # A top-1 prediction as /classify counts them, whether it is sent (JSON) or only drawn (PNG).
+        metrics.PREDICTIONS.labels(model=package.name, label=package.classes[top]).inc()
         explained = explain.class_index(package.classes, row["probabilities"], label)
         png = await anyio.to_thread.run_sync(explain.overlay_png, picture, row["heatmaps"][explained], CENTRES[package.name],
                                              limiter=self.decode_limiter)
         if format == "png" or (not format and "image/png" in ctx.request.headers.get("accept", "")):
             return Response(png, media_type="image/png")
-        top = int(np.argmax(row["probabilities"]))
         return Explanation(label=package.classes[top], probability=float(row["probabilities"][top]),
                            probabilities={c: float(p) for c, p in zip(package.classes, row["probabilities"])},
                            explained=package.classes[explained], heatmap_png=base64.b64encode(png).decode(),

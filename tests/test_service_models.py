@@ -17,7 +17,7 @@ import requests
 from PIL import Image
 
 from loadtests.images import encode
-from loadtests.servers import serve_env, serving
+from loadtests.servers import metric_value, serve_env, serving
 from tests.service_helpers import BAD_INPUT_LIMITS, BAD_REQUESTS, CLASSIFY_ONLY, batch_concurrently, check_refusal
 
 # Every model conftest.py exports: the service's default four, grayscale MNIST, two softmax models.
@@ -188,3 +188,21 @@ def test_explain_refuses_its_own_bad_input_and_keeps_serving(server, photo):
     as_json = requests.post(server.url + "/explain", json={"images": []}, timeout=60)
     assert as_json.status_code == 415 and as_json.json()["detail"][0]["type"] == "wrong_content_type"
     assert explain_request(server, photo).status_code == 200
+
+
+def test_explain_counts_its_images_and_predictions(server, photo):
+    """Like /classify: images processed (endpoint "explain") and the top-1 label, in either format."""
+    before = requests.get(server.url + "/metrics", timeout=10).text
+    labels = [explain_request(server, photo, model="scratch").json()["label"],
+              explain_request(server, photo, model="scratch", label="circles").json()["label"]]
+    assert explain_request(server, photo, model="scratch", format="png").status_code == 200
+    assert explain_request(server, b"", model="scratch").status_code == 400  # refused: not counted
+    after = requests.get(server.url + "/metrics", timeout=10).text
+
+    def delta(name: str, **labels: str) -> float:
+        return metric_value(after, name, **labels) - metric_value(before, name, **labels)
+
+    assert delta("imgcls_images_processed_total", model="scratch", endpoint="explain") == 3
+    assert delta("imgcls_images_processed_total", model="scratch", endpoint="classify") == 0
+    assert delta("imgcls_predictions_total", model="scratch") == 3
+    assert labels[0] == labels[1] and delta("imgcls_predictions_total", model="scratch", label=labels[0]) == 3
