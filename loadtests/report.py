@@ -184,6 +184,13 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _base_text(base: dict | None) -> str:
+    """The pretrained base in one line: the manifest's list of unfrozen layer names is left out."""
+    if not base:
+        return "none"
+    return json.dumps({k: v for k, v in base.items() if k != "unfrozen"})
+
+
 def markdown(results: dict) -> str:
     m, model, imgs = results["machine"], results["model"], results["images"]
     parts = [f"# Benchmark: {model['tag']} on {imgs['label']} images", "",
@@ -201,7 +208,7 @@ def markdown(results: dict) -> str:
     settings = results["settings"]
     parts += ["", "## Model, images, settings", "",
               f"- model {model['tag']} ({model.get('recipe')}), input {model['input']['height']}x{model['input']['width']}x"
-              f"{model['input']['channels']}, base {json.dumps(model.get('base'))}",
+              f"{model['input']['channels']}, base {_base_text(model.get('base'))}",
               f"- {imgs['files']} files from {imgs['source']}{' (12-megapixel, made by upscaling)' if imgs['phone_photos'] else ''}: "
               f"{', '.join(f'{k} ({v})' for k, v in imgs['sizes'].items())}; mean {imgs['mean_bytes'] / 1024:.0f} KiB; "
               f"EXIF orientations {imgs['exif_orientations']}",
