@@ -8,15 +8,20 @@ time), and compares the accuracy and confusion matrix with the model's offline e
 (evaluation.json, computed by Keras on the same files). They must agree to within 0.2 percentage
 points; a larger difference is a bug. The figures and the training records of the manifests go
 into the results table of docs/results.md (between its markers; the rest of the page is prose
-kept as it is) and docs/results/results.json. No TensorFlow here: MNIST digits are sent as PNG files.
+kept as it is) and docs/results/results.json. A rung measured now replaces its row; the rungs not
+measured in this run keep the rows of their last measurement (results.json keeps each row with the
+date and commit it was measured at), so the rungs can be trained and measured one at a time.
+No TensorFlow here: MNIST digits are sent as PNG files.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import io
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -137,7 +142,9 @@ def _row(result: dict, seed_names: dict) -> str:
     base_text = "none" if not base else f"MobileNetV2 {base['alpha']:g} ({base['weights']})" if base["architecture"] == "mobilenet_v2" else base["architecture"]
     if base and base.get("unfrozen_layers"):
         base_text += f", last {base['unfrozen_layers']} layers unfrozen"
-    what, seed = seed_names[result["name"]]
+    # A model that is no rung of the seed's table (a user's own) gets a row of its own, no seed figure.
+    what, seed = seed_names.get(result["name"], ("model", None))
+    seed_text = f"{seed:.1%}" if seed is not None else "-"
     t, p = m["training"], m["parameters"]
     parity = m.get("export", {}).get("parity", {}).get("max_abs_diff_probabilities")
     parity_text = f"{parity:.1e}" if parity is not None else "not exported"
@@ -145,41 +152,77 @@ def _row(result: dict, seed_names: dict) -> str:
     agree = "agrees" if abs(result["difference_pp"]) <= TOLERANCE_PP and result["failed_requests"] == 0 else "**DISAGREES**"
     if result["service_confusion_matrix"] == result["offline_confusion_matrix"]:
         agree += ", same confusion matrix"
-    return (f"| {what} (`{result['name']}`) | {seed:.1%} | **{result['offline_accuracy']:.2%}** | {result['service_accuracy']:.2%} "
+    return (f"| {what} (`{result['name']}`) | {seed_text} | **{result['offline_accuracy']:.2%}** | {result['service_accuracy']:.2%} "
             f"({result['difference_pp']:+.2f} pp, {agree}) | {t['epochs_run']} ({kept}) | {t['seconds'] / 60:.1f} min "
             f"| {p['total']:,} / {p['trainable']:,} | {base_text} | {parity_text} |")
 
 
-def write_report(results: list[dict], report: Path) -> None:
+def _commit() -> str | None:
+    """The checked-out commit the measurement ran on (None outside a git checkout)."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parents[1],
+                              capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0:
+        return None
+    return done.stdout.strip() or None
+
+
+def _record(result: dict, seed_names: dict, measured_on: str, commit: str | None) -> dict:
+    """What results.json keeps of one measurement: the figures, the rendered row, when and where."""
+    manifest = result["manifest"]
+    return ({k: v for k, v in result.items() if k != "manifest"}
+            | {"training": manifest["training"], "parameters": manifest["parameters"],
+               "row": _row(result, seed_names), "measured_on": measured_on, "commit": commit})
+
+
+def merge(previous: list[dict], records: list[dict]) -> list[dict]:
+    """The rungs measured now, and the earlier rows of the others, in the ladder's order."""
+    order = [name for name, _, _ in RUNGS]
+    by_name = {r["name"]: r for r in previous if "row" in r}
+    by_name.update({r["name"]: r for r in records})
+    return sorted(by_name.values(), key=lambda r: (order.index(r["name"]) if r["name"] in order else len(order), r["name"]))
+
+
+def write_report(results: list[dict], report: Path, *, measured_on: str | None = None, commit: str | None = None) -> list[dict]:
+    """Write the table (these results, and the earlier rows of rungs not measured now); return its records."""
     seed_names = {name: (what, seed) for name, what, seed in RUNGS}
     figures = report.parent / "results"
     figures.mkdir(parents=True, exist_ok=True)
+    raw_path = figures / "results.json"
+    previous = json.loads(raw_path.read_text()) if raw_path.is_file() else []
+    measured_on = measured_on or datetime.date.today().isoformat()
+    records = merge(previous, [_record(r, seed_names, measured_on, commit) for r in results])
+    for r in results:
+        source = Path(r["model_dir"]) / "curves.png"
+        if source.is_file():
+            with Image.open(source) as img:
+                img.convert("RGB").resize((img.width // 2, img.height // 2), Image.LANCZOS).save(
+                    figures / f"{r['name']}-curves.png", optimize=True)
     lines = [
         MARK_START,
         "| rung | seed documents | our test accuracy (offline, Keras) | through the HTTP service | epochs | training time "
         "| parameters (total / trainable) | base | ONNX parity, max abs diff |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    lines += [_row(r, seed_names) for r in results]
+    lines += [r["row"] for r in records]
+    lines.append("")
+    lines.append("Measured: " + "; ".join(
+        f"`{r['name']}` {r.get('measured_on', 'before dates were kept')}" + (f" at {r['commit']}" if r.get("commit") else "")
+        for r in records) + ".")
     lines.append("")
     lines.append("Training and validation curves (accuracy, loss; the dotted line marks the epoch kept):")
     lines.append("")
-    for r in results:
-        source = Path(r["model_dir"]) / "curves.png"
-        if source.is_file():
-            target = figures / f"{r['name']}-curves.png"
-            with Image.open(source) as img:
-                img.convert("RGB").resize((img.width // 2, img.height // 2), Image.LANCZOS).save(target, optimize=True)
-            lines.append(f"![{r['name']}](results/{target.name})")
+    lines += [f"![{r['name']}](results/{r['name']}-curves.png)" for r in records if (figures / f"{r['name']}-curves.png").is_file()]
     lines.append(MARK_END)
     block = "\n".join(lines)
     text = report.read_text() if report.is_file() else f"# Results\n\n{MARK_START}\n{MARK_END}\n"
     head, _, rest = text.partition(MARK_START)
     _, _, tail = rest.partition(MARK_END)
     report.write_text(head + block + tail)
-    raw = [{k: v for k, v in r.items() if k != "manifest"} | {"training": r["manifest"]["training"],
-                                                              "parameters": r["manifest"]["parameters"]} for r in results]
-    (figures / "results.json").write_text(json.dumps(raw, indent=2) + "\n")
+    raw_path.write_text(json.dumps(records, indent=2) + "\n")
+    return records
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(log_dir, ignore_errors=True)
     for r in results:
         r["model_dir"] = str(args.models_dir / r["name"])
-    write_report(results, args.report)
+    write_report(results, args.report, commit=_commit())
     bad = [r["name"] for r in results if abs(r["difference_pp"]) > TOLERANCE_PP or r["failed_requests"]]
     print(f"report written to {args.report}" + (f"; service and offline disagree for {', '.join(bad)}" if bad else ""))
     return 1 if bad else 0

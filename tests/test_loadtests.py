@@ -240,3 +240,44 @@ def test_locustfile_runs_headless_weights_its_tasks_by_the_options_and_counts_ev
     with open(tmp_path / "bad_failures.csv") as f:
         errors = [row["Error"] for row in csv.DictReader(f)]
     assert errors and all("HTTP 400" in error and "unknown model" in error for error in errors)
+
+
+def test_accuracy_measures_models_through_the_service_and_keeps_the_rows_of_rungs_not_measured(
+        tmp_path, exported_models, trained_models, models_dir, binary_data, mnist_npz):
+    """`loadtests.accuracy` (docs/results.md's table): every test image over HTTP against the offline
+    evaluation; a rung measured now replaces its row, the others keep their last measurement."""
+    report_path = tmp_path / "results.md"
+    report_path.write_text("# Results\n\nprose before\n\n<!-- results:start -->\nold table\n<!-- results:end -->\n\nprose after\n")
+    earlier = [
+        {"name": "cvd-transfer", "row": "| feature extraction, with augmentation (`cvd-transfer`) | kept row |",
+         "measured_on": "2026-01-01", "commit": "abc1234"},
+        {"name": "scratch", "row": "| stale row of scratch |", "measured_on": "2026-01-01", "commit": None},
+    ]
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "results.json").write_text(json.dumps(earlier))
+
+    command = [sys.executable, "-m", "loadtests.accuracy", "--data", str(binary_data), "--mnist", str(mnist_npz),
+               "--models-dir", str(models_dir), "--models", "scratch,mnist", "--report", str(report_path)]
+    run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    records = json.loads((tmp_path / "results" / "results.json").read_text())
+    # The ladder's rungs first, in its order, then other models by name.
+    assert [r["name"] for r in records] == ["cvd-transfer", "mnist", "scratch"]
+    kept, mnist, scratch = records
+    assert kept == earlier[0]
+    for record, model in ((scratch, "scratch"), (mnist, "mnist")):
+        evaluation = json.loads((trained_models[model] / "evaluation.json").read_text())
+        assert record["images"] == sum(map(sum, evaluation["confusion_matrix"])) and record["failed_requests"] == 0
+        # The service decodes and resizes as training did: the same answer for every test image.
+        assert record["service_confusion_matrix"] == evaluation["confusion_matrix"]
+        assert record["service_accuracy"] == record["offline_accuracy"] == evaluation["accuracy"]
+        assert record["measured_on"] and "agrees, same confusion matrix" in record["row"] and f"(`{model}`)" in record["row"]
+    assert (tmp_path / "results" / "scratch-curves.png").is_file()
+
+    text = report_path.read_text()
+    assert text.startswith("# Results\n\nprose before\n") and text.endswith("<!-- results:end -->\n\nprose after\n")
+    assert "old table" not in text and "stale row" not in text
+    table = [line for line in text.splitlines() if line.startswith("| ") and "(`" in line]
+    assert table == [kept["row"], mnist["row"], scratch["row"]]
+    assert "`cvd-transfer` 2026-01-01 at abc1234" in text and "![scratch](results/scratch-curves.png)" in text
