@@ -158,9 +158,10 @@ def _row(result: dict, seed_names: dict) -> str:
 
 
 def _commit() -> str | None:
-    """The checked-out commit the measurement ran on (None outside a git checkout)."""
+    """The checked-out commit the measurement ran on, "-dirty" when the work tree had changes (None
+    outside a git checkout)."""
     try:
-        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parents[1],
+        done = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], cwd=Path(__file__).resolve().parents[1],
                               capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
