@@ -8,6 +8,7 @@ from training.bases import PreprocessInput, build_base
 from training.errors import UserError
 from training.recipes import (
     assemble,
+    augmentation,
     build_basenet,
     build_mnist,
     build_scratch,
@@ -46,6 +47,21 @@ def test_augmentation_wraps_the_core_and_is_absent_from_it():
     assert [type(layer).__name__ for layer in aug.layers] == ["RandomFlip", "RandomRotation", "RandomZoom"]
     assert core_of(model) is core
     assert not any("Random" in type(layer).__name__ for layer in core.layers)
+
+
+def test_augmentation_draws_each_images_flip_rotation_and_zoom_independently():
+    """Given one seed, Keras' three layers drew the same random numbers: every image's flip, angle
+    and zoom were one number (a large rotation always came with a large zoom and no flip)."""
+    flip, rotation, zoom = augmentation(1337).layers
+    images = np.zeros((512, 8, 8, 3), "float32")
+    flips = np.asarray(flip.get_random_transformation(images, training=True)["flips"], dtype=float).ravel()
+    angles = np.asarray(rotation.get_random_transformation(images, training=True)["angle"]).ravel()
+    zooms = np.asarray(zoom.get_random_transformation(images, training=True)["height_zoom"]).ravel()
+    assert 0.4 < flips.mean() < 0.6 and angles.std() > 0 and zooms.std() > 0
+    for a, b in ((flips, angles), (flips, zooms), (angles, zooms)):
+        assert abs(np.corrcoef(a, b)[0, 1]) < 0.2
+    # The same run seed gives the same augmentation (resumable, reproducible runs).
+    assert [layer.seed for layer in augmentation(1337).layers] == [flip.seed, rotation.seed, zoom.seed]
 
 
 def test_too_small_images_are_a_clear_error():
