@@ -186,15 +186,15 @@ def merge(previous: list[dict], records: list[dict]) -> list[dict]:
     return sorted(by_name.values(), key=lambda r: (order.index(r["name"]) if r["name"] in order else len(order), r["name"]))
 
 
-def write_report(results: list[dict], report: Path, *, measured_on: str | None = None, commit: str | None = None) -> list[dict]:
-    """Write the table (these results, and the earlier rows of rungs not measured now); return its records."""
+def write_report(results: list[dict], report: Path, *, commit: str | None = None) -> None:
+    """Write the table: these results, and the earlier rows of rungs not measured now."""
     seed_names = {name: (what, seed) for name, what, seed in RUNGS}
     figures = report.parent / "results"
     figures.mkdir(parents=True, exist_ok=True)
     raw_path = figures / "results.json"
     previous = json.loads(raw_path.read_text()) if raw_path.is_file() else []
-    measured_on = measured_on or datetime.date.today().isoformat()
-    records = merge(previous, [_record(r, seed_names, measured_on, commit) for r in results])
+    today = datetime.date.today().isoformat()
+    records = merge(previous, [_record(r, seed_names, today, commit) for r in results])
     for r in results:
         source = Path(r["model_dir"]) / "curves.png"
         if source.is_file():
@@ -210,7 +210,7 @@ def write_report(results: list[dict], report: Path, *, measured_on: str | None =
     lines += [r["row"] for r in records]
     lines.append("")
     lines.append("Measured: " + "; ".join(
-        f"`{r['name']}` {r.get('measured_on', 'before dates were kept')}" + (f" at {r['commit']}" if r.get("commit") else "")
+        f"`{r['name']}` {r['measured_on']}" + (f" at {r['commit']}" if r.get("commit") else "")
         for r in records) + ".")
     lines.append("")
     lines.append("Training and validation curves (accuracy, loss; the dotted line marks the epoch kept):")
@@ -223,7 +223,6 @@ def write_report(results: list[dict], report: Path, *, measured_on: str | None =
     _, _, tail = rest.partition(MARK_END)
     report.write_text(head + block + tail)
     raw_path.write_text(json.dumps(records, indent=2) + "\n")
-    return records
 
 
 def main(argv: list[str] | None = None) -> int:
