@@ -70,6 +70,29 @@ def test_user_mistakes_are_one_error_line(tmp_path, capfd, offline, request, bin
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--only", "cvd-bogus"], "unknown rungs ['cvd-bogus']"),
+        (["--data", "{tmp}/nope"], "data folder"),
+        (["--mnist", "{tmp}/missing.npz"], "MNIST file"),
+        (["--base-weights", "{tmp}/text.weights.h5"], "text.weights.h5 is not a weights file Keras can read"),
+        (["--only", "cvd-scratch,cvd-finetuned"], "fine-tuning starts from cvd-transfer-features"),
+    ],
+)
+def test_reproduce_finds_a_wrong_input_before_training_anything(tmp_path, capfd, offline, binary_data, mnist_npz, args, message):
+    # The ladder takes hours: the weights are used by its third rung and MNIST by its last, so a wrong
+    # path must stop it before the first.
+    (tmp_path / "text.weights.h5").write_text("not an HDF5 file")
+    base = ["--data", str(binary_data), "--mnist", str(mnist_npz), "--base-weights", str(tmp_path / "missing.weights.h5")]
+    args = base + [a.format(tmp=tmp_path) for a in args] + ["--models-dir", str(tmp_path / "m")]
+    capfd.readouterr()
+    assert main(["reproduce", *args]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not (tmp_path / "m").exists()
+
+
 def _trained_without_validation_split(tmp_path, trained_models):
     """A model whose manifest says it trained with --validation-split 0 (the trained basenet's copy), and a
     copy of its data with only train/: no split to check an export's parity on."""

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .bases import build_base
 from .config import resolve
+from .data import load_mnist, scan_image_folder
 from .errors import UserError
 from .export import export_if_changed
+from .manifest import MANIFEST
 from .pipeline import print_summary
 from .train import run_record, train, trained_with
 
@@ -49,10 +52,10 @@ def reproduce(*, data: str, mnist: str | None, base_weights: str, models_dir: st
     unknown = set(only or []) - set(SEED_FIGURES)
     if unknown:
         raise UserError(f"unknown rungs {sorted(unknown)}: choose from {', '.join(SEED_FIGURES)}")
+    rungs = [rung for rung in RUNGS if not only or rung[0] in only]
+    check_inputs(rungs, data=data, mnist=mnist, base_weights=base_weights, models_dir=models_dir)
     manifests = []
-    for name, recipe, options, _ in RUNGS:
-        if only and name not in only:
-            continue
+    for name, recipe, options, _ in rungs:
         source = models_dir / FINETUNE_FROM if recipe == "finetune" else None
         rung_data = mnist if recipe == "mnist" else data
         extra = {"base_weights": base_weights} if recipe == "transfer" else {}
@@ -70,3 +73,21 @@ def reproduce(*, data: str, mnist: str | None, base_weights: str, models_dir: st
         manifests.append(export_if_changed(out))
     print_summary(manifests)
     return manifests
+
+
+def check_inputs(rungs: list[tuple], *, data: str, mnist: str | None, base_weights: str, models_dir: Path) -> None:
+    """Find a wrong path or a missing model now, not hours into the run when the rung needing it
+    comes (MNIST is the last rung, the base weights the third)."""
+    recipes = {recipe for _, recipe, _, _ in rungs}
+    names = {name for name, _, _, _ in rungs}
+    if recipes - {"mnist"}:
+        scan_image_folder(data)
+    if "mnist" in recipes:
+        load_mnist(mnist)  # without a file, keras.datasets' download (or its cache) is tried now
+    transfer = next((options for _, recipe, options, _ in rungs if recipe == "transfer"), None)
+    if transfer is not None:
+        hp = resolve("transfer", **transfer, base_weights=base_weights)
+        build_base(hp.base, hp.input_shape, base_weights, alpha=hp.alpha)
+    if "finetune" in recipes and FINETUNE_FROM not in names and not (models_dir / FINETUNE_FROM / MANIFEST).is_file():
+        raise UserError(f"fine-tuning starts from {FINETUNE_FROM}, which is not in {models_dir}: "
+                        f"train it too (add it to --only)")
