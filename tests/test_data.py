@@ -137,5 +137,5 @@ def test_mnist_from_npz_and_clear_errors(tmp_path, mnist_npz):
 
 def test_mnist_offline_without_cache_names_the_option(offline):
     # KERAS_HOME is an empty temporary folder in tests, and `offline` takes the network away.
-    with pytest.raises(UserError, match="pass --data PATH/TO/mnist.npz"):
+    with pytest.raises(UserError, match=r"pass the path of an mnist.npz \(train mnist --data, reproduce --mnist\)"):
         load_mnist(None)

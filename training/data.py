@@ -202,7 +202,7 @@ def load_mnist(path: str | Path | None = None) -> dict[str, tuple[np.ndarray, np
         except Exception as err:  # download failures come as several exception types
             raise UserError(
                 "MNIST is not cached in ~/.keras/datasets/mnist.npz and could not be downloaded "
-                f"({type(err).__name__}); pass --data PATH/TO/mnist.npz"
+                f"({type(err).__name__}); pass the path of an mnist.npz (train mnist --data, reproduce --mnist)"
             ) from None
     return {"train": (train[0][..., None], train[1].astype(np.int64)), "test": (test[0][..., None], test[1].astype(np.int64))}
 
