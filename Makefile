@@ -8,11 +8,12 @@ STAMP  := $(VENV)/.installed-stamp
 # Demo and test runs stay on the CPU and quiet unless asked otherwise.
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: help install demo test serve bento image reproduce bench locust clean
+.PHONY: help install demo test test-system serve bento image reproduce bench locust clean
 
 help:
 	@echo "make demo   - install, then train (and export, serve) on the built-in demo dataset"
-	@echo "make test   - install, then run the test suite"
+	@echo "make test   - install, then run the test suite (everything but the system tier)"
+	@echo "make test-system - the system tier: containers, Prometheus, a browser (needs .ci/system-packages.txt installed)"
 	@echo "make serve  - serve the registered models on http://localhost:3000 (SERVICE_MODELS=... picks them)"
 	@echo "make bento  - build a bento (service, serving requirements, models) with bentoml build"
 	@echo "make image  - the GPU Docker image of that bento (needs a Docker engine)"
@@ -34,7 +35,10 @@ demo: $(STAMP)
 	$(BIN)/python -m training demo $(if $(BASE_WEIGHTS),--base-weights $(BASE_WEIGHTS))
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not system"
+
+test-system: $(STAMP)
+	$(BIN)/python -m pytest -m system
 
 serve: $(STAMP)
 	$(BIN)/bentoml serve service.service:ImageClassifier
