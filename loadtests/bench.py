@@ -30,7 +30,7 @@ from service.registry import ModelError, ModelPackage
 from service.settings import SettingsError
 
 from . import components, images, loadgen, machine, report
-from .servers import REPO, SERVICE, Server, inference_api, metric_value, serve_env
+from .servers import REPO, SERVICE, Server, metric_value, serve_env
 
 FLOOR = "loadtests.floor_service:Floor"
 STAGES = ("engine", "decode", "floor", "service", "naive")
@@ -274,9 +274,9 @@ def _metric_deltas(before: str, after: str, model: str, requests: int) -> dict:
         return metric_value(after, name, **labels) - metric_value(before, name, **labels)
 
     batches = delta("imgcls_batch_size_images_count", model=model)
+    queued = delta("imgcls_queue_wait_seconds_count", model=model)
     images_in_batches = delta("imgcls_batch_size_images_sum", model=model)
     public_calls = delta("bentoml_service_request_duration_seconds_count", endpoint="/classify")
-    hop_calls = delta("bentoml_service_request_duration_seconds_count", endpoint="/" + inference_api(model))
     per_request = max(1, requests)
     return {
         "batches": batches,
@@ -285,9 +285,7 @@ def _metric_deltas(before: str, after: str, model: str, requests: int) -> dict:
         "decode_ms_per_request": 1000 * delta("imgcls_preprocess_duration_seconds_sum", model=model) / per_request,
         "public_ms_per_request": 1000 * delta("bentoml_service_request_duration_seconds_sum", endpoint="/classify") / public_calls
         if public_calls else None,
-        "inference_call_ms": 1000 * delta("bentoml_service_request_duration_seconds_sum", endpoint="/" + inference_api(model)) / hop_calls
-        if hop_calls else None,
-        "inference_calls_per_request": hop_calls / per_request,
+        "queue_wait_ms_per_image": 1000 * delta("imgcls_queue_wait_seconds_sum", model=model) / queued if queued else None,
     }
 
 

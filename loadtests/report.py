@@ -319,17 +319,16 @@ def _parts_alone(results: dict) -> list[str]:
 def latency_breakdown(level: dict) -> dict[str, float] | None:
     """A service level's mean latency split by where it went (ms), from the /metrics differences."""
     server = level.get("server") or {}
-    if not server.get("public_ms_per_request") or server.get("inference_call_ms") is None or not level["latency_ms"]["mean"]:
+    if not server.get("public_ms_per_request") or server.get("queue_wait_ms_per_image") is None or not level["latency_ms"]["mean"]:
         return None
-    calls = server["inference_calls_per_request"] or 1
     ort = server["ort_ms_per_batch"] or 0.0
-    inference = server["inference_call_ms"] * calls
+    wait = server["queue_wait_ms_per_image"]
     decode = server["decode_ms_per_request"]
     return {
-        "ONNX Runtime (the whole batch)": ort * calls,
-        "batching queue + inference service HTTP": max(0.0, inference - ort * calls),
+        "ONNX Runtime (the whole batch)": ort,
+        "waiting in the batching queue": wait,
         "decode": decode,
-        "public service: form, decode queue, hop, JSON": max(0.0, server["public_ms_per_request"] - decode - inference),
+        "HTTP, form, threads, JSON": max(0.0, server["public_ms_per_request"] - ort - wait - decode),
         "outside the server: network, load generator": max(0.0, level["latency_ms"]["mean"] - server["public_ms_per_request"]),
     }
 
@@ -341,7 +340,7 @@ def _time_section(results: dict) -> list[str]:
     if not budget["missing"]:
         parts += [f"One client, one image: p50 {budget['p50']:.1f} ms = engine batch-1 {budget['engine']:.1f} + decode "
                   f"{budget['decode']:.1f} + floor {budget['floor']:.1f} + {budget['p50'] - budget['budget']:.1f} ms more "
-                  f"(the hop to the inference service, its batching, serialisation).", ""]
+                  f"(batching, threads, serialisation).", ""]
     elif budget["p50"] is not None:
         parts += [f"One client, one image: p50 {budget['p50']:.1f} ms (not split: no " + ", ".join(budget["missing"]) + ").", ""]
     rows = []
@@ -364,8 +363,7 @@ def _time_section(results: dict) -> list[str]:
         used, parts_alone = cpu_per_image(results, service["levels"][0])
         parts += ["CPU time per image (ms), all cores together: the service's processes, and the same work done by the "
                   "parts alone (engine at the level's batch, decode, the floor's server and load generator at the same "
-                  "level). The difference is what the service adds: the hop to the inference service, batching, "
-                  "serialisation.", "",
+                  "level). The difference is what the service adds: batching, threads, serialisation.", "",
                   _table(["clients x images", *used, "service total", *(f"alone: {k}" for k in parts_alone),
                           "parts alone total"], rows), ""]
     return parts
@@ -376,8 +374,7 @@ def cpu_per_image(results: dict, level: dict) -> tuple[dict[str, float], dict[st
     per_request = level["images_per_request"]
     cpu = level["server_cpu_ms_per_request"]
     used = {"load generator": (level["client_cpu_ms_per_request"] or 0.0) / per_request,
-            "public service": cpu.get("worker:image_classifier", 0.0) / per_request,
-            "inference service": cpu.get("worker:inference", 0.0) / per_request}
+            "service worker": cpu.get("worker:image_classifier", 0.0) / per_request}
     floor = _level(results.get("floor"), level["concurrency"], per_request)
     if not (floor and results.get("engine") and results.get("decode")):
         return used, {}

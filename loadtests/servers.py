@@ -63,7 +63,7 @@ class Server:
         raise RuntimeError(f"{self.process.args[2]} not ready after {timeout} s:\n{self.log()[-5000:]}")
 
     def processes(self) -> list[psutil.Process]:
-        """The server's process and all its descendants (BentoML's workers, the inference service)."""
+        """The server's process and all its descendants (BentoML's workers)."""
         with contextlib.suppress(psutil.NoSuchProcess):
             root = psutil.Process(self.process.pid)
             return [root, *root.children(recursive=True)]
@@ -142,14 +142,7 @@ def metric_value(text: str, name: str, **labels: str) -> float:
     return total
 
 
-def inference_api(model: str) -> str:
-    """The inference service's batchable API for a model (service.service.api_name, without importing
-    the service module, which loads the models)."""
-    return "infer_" + re.sub(r"[^a-z0-9_]", "_", model)
-
-
 def adaptive_batches(metrics: str, model: str) -> tuple[float, float]:
-    """(calls, images) of the model's batchable API in BentoML's adaptive_batch_size histogram."""
-    method = inference_api(model)
-    return (metric_value(metrics, "bentoml_service_adaptive_batch_size_count", method_name=method),
-            metric_value(metrics, "bentoml_service_adaptive_batch_size_sum", method_name=method))
+    """(batches, images) of the model's batching queue so far: imgcls_batch_size_images' count and sum."""
+    return (metric_value(metrics, "imgcls_batch_size_images_count", model=model),
+            metric_value(metrics, "imgcls_batch_size_images_sum", model=model))

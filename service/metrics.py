@@ -44,3 +44,13 @@ MODEL_INFO = Gauge(
     "model_info", "Served model version and the ONNX Runtime execution provider it runs on",
     ["model", "version", "provider"], namespace=NAMESPACE, multiprocess_mode="livemax",
 )
+# How full the service is now: images admitted into a model's batching queue and not yet answered
+# (summed over workers), and how long a request's images waited in that queue before their batch began.
+IN_FLIGHT = Gauge(
+    "requests_in_flight", "Images admitted to the model's batching queue and not yet answered",
+    ["model"], namespace=NAMESPACE, multiprocess_mode="livesum",
+)
+QUEUE_WAIT_SECONDS = Histogram(
+    "queue_wait_seconds", "Time a request's images waited in their model's batching queue before their batch began",
+    ["model"], namespace=NAMESPACE, buckets=_SECONDS,
+)
