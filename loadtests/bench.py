@@ -132,6 +132,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def prepare(args: argparse.Namespace) -> Plan:
     """Check everything the run needs before starting anything; make the images."""
     if args.peer:
+        # absolute, not resolved: a venv's python is a link out of the venv, which it must not leave
+        args.peer_python = args.peer_python.absolute()
         problem = peer.python_problem(args.peer_python)
         if problem:
             raise BenchError(problem)

@@ -341,8 +341,9 @@ def _agreement_text(agreement: dict) -> str:
     if not agreement.get("files"):
         return "Top-1 class: not compared (no answers from the service)."
     if agreement["same"]:
-        return (f"Top-1 class: the same from the service and from each of the {agreement['configurations']} Triton "
-                f"configurations on every one of the {agreement['files']} files.")
+        count = agreement["configurations"]
+        which = f"each of the {count} Triton configurations" if count > 1 else "the Triton configuration"
+        return f"Top-1 class: the same from the service and from {which} on every one of the {agreement['files']} files."
     differ = agreement["different"]
     listed = "; ".join(f"{d['file']} (service {d['service']}, Triton {d['triton']}: {d['configuration']})" for d in differ[:10])
     return (f"Top-1 class: **not the same on every file**: {len(differ)} answer(s) differ of {agreement['files']} files x "
