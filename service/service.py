@@ -42,7 +42,7 @@ from starlette.responses import Response
 from . import engine, explain, imaging, metrics, registry, settings
 from .errors import Reason, Rejection
 from .registry import ModelError, ModelPackage
-from .requests import ClassifyInput, ExplainInput, FeaturesInput, ImagesInput, RequestGuard
+from .requests import IMAGE_FORM, ClassifyInput, ExplainInput, FeaturesInput, ImagesInput, RequestGuard
 from .responses import fix_media_types
 from .settings import SettingsError
 
@@ -399,6 +399,6 @@ class ImageClassifier:
         return [Embedding(embedding=row.tolist(), dim=len(row), model=package.name, version=package.version) for row in features]
 
 
-ImageClassifier.add_asgi_middleware(RequestGuard, routes=("/classify", "/features", "/explain"),
+ImageClassifier.add_asgi_middleware(RequestGuard, routes=dict.fromkeys(("/classify", "/features", "/explain"), IMAGE_FORM),
                                     max_body_bytes=SETTINGS.max_body_bytes)
 fix_media_types(ImageClassifier, Inference)
