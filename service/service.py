@@ -39,7 +39,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
-from . import engine, explain, imaging, metrics, registry, settings
+from . import engine, explain, imaging, metrics, registry, settings, v2_routes
 from .errors import Reason, Rejection
 from .registry import ModelError, ModelPackage
 from .requests import IMAGE_FORM, ClassifyInput, ExplainInput, FeaturesInput, ImagesInput, RequestGuard
@@ -238,6 +238,14 @@ class ModelList(BaseModel):
 
 # GET routes beside BentoML's POST APIs; BentoML merges their OpenAPI paths into its own.
 http = FastAPI(title="models", docs_url=None, redoc_url=None, openapi_url=None)
+# The Open Inference Protocol (KServe v2, service/v2_routes.py) on the same models and batching queues.
+# Its only calls into the core: the batching queue (infer), readiness and the decoding threads.
+http.include_router(v2_routes.router(v2_routes.Core(
+    PACKAGES, SETTINGS,
+    infer=lambda package, batch: bentoml.get_current_service()._infer(package, batch, v2_routes.ENDPOINT),
+    ready=lambda: bentoml.get_current_service().inference.is_ready(5),
+    decode_limiter=lambda: bentoml.get_current_service().decode_limiter,
+)))
 
 
 @bentoml.service(name="image_classifier", workers=SETTINGS.workers, traffic={"timeout": SETTINGS.timeout_s})
@@ -253,7 +261,7 @@ class ImageClassifier:
         for reason in Reason:
             metrics.REJECTED.labels(reason=reason.value)
         for name, package in PACKAGES.items():
-            for endpoint in ("classify", "features", "explain"):
+            for endpoint in ("classify", "features", "explain", v2_routes.ENDPOINT):
                 metrics.IMAGES.labels(model=name, endpoint=endpoint)
             for label in package.classes:
                 metrics.PREDICTIONS.labels(model=name, label=label)
@@ -399,6 +407,7 @@ class ImageClassifier:
         return [Embedding(embedding=row.tolist(), dim=len(row), model=package.name, version=package.version) for row in features]
 
 
-ImageClassifier.add_asgi_middleware(RequestGuard, routes=dict.fromkeys(("/classify", "/features", "/explain"), IMAGE_FORM),
+ImageClassifier.add_asgi_middleware(RequestGuard, routes={**dict.fromkeys(("/classify", "/features", "/explain"), IMAGE_FORM),
+                                                          v2_routes.INFER_ROUTE: v2_routes.INFER_BODY},
                                     max_body_bytes=SETTINGS.max_body_bytes)
 fix_media_types(ImageClassifier, Inference)

@@ -227,3 +227,48 @@ def test_json_and_classification_response_reads_back_with_tritonclient():
                                  "data": outputs["probabilities"].ravel().tolist()}]
     assert "id" not in plain
 
+
+def asgi_post(app, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    """One POST through an ASGI app, as a server would hand it over: (status, body)."""
+    import anyio
+
+    async def run() -> list[dict]:
+        sent, incoming = [], [{"type": "http.request", "body": body, "more_body": False}]
+        scope = {"type": "http", "method": "POST", "path": path, "query_string": b"",
+                 "headers": [(k.lower().encode(), v.encode()) for k, v in {**headers, "Content-Length": str(len(body))}.items()]}
+
+        async def receive() -> dict:
+            return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)
+        return sent
+
+    sent = anyio.run(run)
+    return sent[0]["status"], b"".join(message.get("body", b"") for message in sent[1:])
+
+
+def test_the_request_guard_checks_each_route_for_its_own_content_types():
+    from starlette.responses import Response
+
+    from service.requests import IMAGE_FORM, RequestGuard
+    from service.v2_routes import INFER_BODY, INFER_ROUTE
+
+    async def answered(scope, receive, send):
+        await Response("answered")(scope, receive, send)
+
+    guard = RequestGuard(answered, routes={"/classify": IMAGE_FORM, INFER_ROUTE: INFER_BODY}, max_body_bytes=1024)
+    for path in ("/v2/models/tiny/infer", "/v2/models/tiny/versions/v1/infer"):
+        for content_type in ({}, {"Content-Type": "application/json"}, {"Content-Type": "application/octet-stream"}):
+            assert asgi_post(guard, path, b"{}", content_type) == (200, b"answered")
+        status, body = asgi_post(guard, path, b"{}", {"Content-Type": "text/plain"})
+        assert status == 415 and "expected application/json" in json.loads(body)["error"]
+        status, body = asgi_post(guard, path, bytes(2000), {})
+        assert status == 413 and json.loads(body)["detail"][0]["type"] == "body_too_large"
+    status, body = asgi_post(guard, "/classify", b"{}", {"Content-Type": "application/json"})
+    assert status == 415 and "multipart/form-data" in json.loads(body)["error"]
+    # Only POSTs to the routes given: the rest pass as they are.
+    assert asgi_post(guard, "/v2/models/tiny/ready", bytes(2000), {}) == (200, b"answered")
+    assert asgi_post(guard, "/v2/models/tiny/infer/more", b"{}", {"Content-Type": "text/plain"}) == (200, b"answered")
