@@ -118,5 +118,13 @@ def bento_model_names() -> tuple[str, ...]:
     return ()
 
 
+def store_versions(name: str) -> tuple[str, ...]:
+    """Every version of model `name` in the BentoML model store (the served one among them)."""
+    try:
+        return tuple(str(model.tag.version) for model in bentoml.models.list(name))
+    except NotFound:
+        return ()
+
+
 def open_packages(refs: tuple[ModelRef, ...]) -> dict[str, ModelPackage]:
     return {ref.name: open_package(ref) for ref in refs}

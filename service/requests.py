@@ -2,7 +2,8 @@
 
 Two layers, both answering in the shape of errors.py:
 - RequestGuard, an ASGI middleware, refuses a wrong content type (415) or a body over
-  SERVICE_MAX_BODY_BYTES (413) before BentoML reads the body.
+  SERVICE_MAX_BODY_BYTES (413) before BentoML reads the body, for the POST routes it is given,
+  each with the content types it accepts (the image forms here, v2 infer in v2_routes.py).
 - The input specs (`input_specs(max_images)` makes ClassifyInput, FeaturesInput and ExplainInput for
   the configured limit) parse the multipart form themselves first, to refuse unknown fields, a
   missing `images` field, too many images, text where a file belongs (which BentoML would otherwise
@@ -17,8 +18,10 @@ name (the client's to choose) is never used for anything, and no file is written
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Mapping
 
 import bentoml
 from pydantic import ConfigDict, Field, ValidationError
@@ -131,22 +134,38 @@ def input_specs(max_images: int) -> tuple[type[ClassifyInput], type[FeaturesInpu
                  for spec in (ClassifyInput, FeaturesInput, ExplainInput))
 
 
-class RequestGuard:
-    """ASGI middleware: content type and body size of POSTs to the image routes, checked up front."""
+@dataclass(frozen=True)
+class Accepts:
+    """The content types a route takes ("": none given), and how its refusal says what it expects."""
 
-    def __init__(self, app: ASGIApp, *, routes: tuple[str, ...], max_body_bytes: int) -> None:
+    media_types: tuple[str, ...]
+    expected: str
+
+
+IMAGE_FORM = Accepts((MULTIPART,), f"{MULTIPART} with image files in the field 'images'")
+
+
+class RequestGuard:
+    """ASGI middleware: content type and body size of POSTs to the given routes, checked up front.
+
+    `routes`: path (a regular expression the whole path matches) -> what it accepts."""
+
+    def __init__(self, app: ASGIApp, *, routes: Mapping[str, Accepts], max_body_bytes: int) -> None:
         self.app = app
-        self.routes = routes
+        self.routes = [(re.compile(path), accepts) for path, accepts in routes.items()]
         self.max_body_bytes = max_body_bytes
 
+    def _accepts(self, path: str) -> Accepts | None:
+        return next((accepts for pattern, accepts in self.routes if pattern.fullmatch(path)), None)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.routes:
+        accepts = self._accepts(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if accepts is None:
             return await self.app(scope, receive, send)
         headers = Headers(scope=scope)
         content_type = headers.get("content-type", "")
-        if content_type.split(";")[0].strip().lower() != MULTIPART:
-            rejection = Rejection(Reason.WRONG_CONTENT_TYPE,
-                                  f"expected {MULTIPART} with image files in the field 'images', got {content_type or 'no content type'}")
+        if content_type.split(";")[0].strip().lower() not in accepts.media_types:
+            rejection = Rejection(Reason.WRONG_CONTENT_TYPE, f"expected {accepts.expected}, got {content_type or 'no content type'}")
             return await rejection.response()(scope, receive, send)
         length = headers.get("content-length")
         if length is not None:

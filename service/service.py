@@ -34,11 +34,11 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from . import engine, explain, imaging, metrics, registry, responses, settings, shutdown
+from . import engine, explain, imaging, metrics, registry, responses, settings, shutdown, v2_routes
 from .errors import Reason, Rejection
 from .inference import Inference, explainable
 from .registry import ModelError, ModelPackage
-from .requests import RequestGuard, input_specs
+from .requests import IMAGE_FORM, RequestGuard, input_specs
 from .responses import Classification, Embedding, Explanation, ModelList, ModelSummary
 from .settings import SettingsError
 
@@ -90,6 +90,14 @@ def _settle_garbage_collector() -> None:
 
 # GET routes beside BentoML's POST APIs; BentoML merges their OpenAPI paths into its own.
 http = FastAPI(title="models", docs_url=None, redoc_url=None, openapi_url=None)
+# The Open Inference Protocol (KServe v2, service/v2_routes.py) on the same models and batching queues.
+# Its only calls into the core: the batching queue (infer), readiness and the decoding threads.
+http.include_router(v2_routes.router(v2_routes.Core(
+    PACKAGES, SETTINGS,
+    infer=lambda package, batch: bentoml.get_current_service().infer_batch(package, batch, v2_routes.ENDPOINT),
+    ready=lambda: bentoml.get_current_service().__is_ready__(),
+    decode_limiter=lambda: bentoml.get_current_service().decode_limiter,
+)))
 
 
 @bentoml.service(name="image_classifier", workers=SETTINGS.workers, traffic={"timeout": SETTINGS.timeout_s})
@@ -108,7 +116,7 @@ class ImageClassifier:
         for reason in Reason:
             metrics.REJECTED.labels(reason=reason.value)
         for name, package in PACKAGES.items():
-            for endpoint in ("classify", "features", "explain"):
+            for endpoint in ("classify", "features", "explain", v2_routes.ENDPOINT):
                 metrics.IMAGES.labels(model=name, endpoint=endpoint)
             for label in package.classes:
                 metrics.PREDICTIONS.labels(model=name, label=label)
@@ -140,10 +148,9 @@ class ImageClassifier:
                 raise Rejection(Reason.TOP_K_OUT_OF_RANGE,
                                 f"must be between 1 and {len(package.classes)} (the classes of model {package.name}), not {top_k}",
                                 ("top_k",))
-            rows = await self.inference.infer(package.name, await self._decode_all(package, images))
+            rows = await self.infer_batch(package, await self._decode_all(package, images), "classify")
         except Rejection as rejection:
             return rejection.response()
-        metrics.IMAGES.labels(model=package.name, endpoint="classify").inc(len(rows))
         return responses.classifications(package, rows["probabilities"], top_k)
 
     @bentoml.api(route="/features", input_spec=FeaturesInput)
@@ -151,10 +158,9 @@ class ImageClassifier:
         """The model's feature vector (global average pooling of its last convolution block) for each image."""
         try:
             package = self._package(model)
-            rows = await self.inference.infer(package.name, await self._decode_all(package, images))
+            rows = await self.infer_batch(package, await self._decode_all(package, images), "features")
         except Rejection as rejection:
             return rejection.response()
-        metrics.IMAGES.labels(model=package.name, endpoint="features").inc(len(rows))
         return responses.embeddings(package, rows["features"], normalize)
 
     @bentoml.api(route="/explain", input_spec=ExplainInput)
@@ -205,6 +211,12 @@ class ImageClassifier:
 
     # --- stages --------------------------------------------------------------------------------
 
+    async def infer_batch(self, package: ModelPackage, images: np.ndarray, endpoint: str) -> np.ndarray:
+        """Probabilities and features of `images` through the model's batching queue, counted for `endpoint`."""
+        rows = await self.inference.infer(package.name, images)
+        metrics.IMAGES.labels(model=package.name, endpoint=endpoint).inc(len(rows))
+        return rows
+
     @staticmethod
     def _package(model: str) -> ModelPackage:
         name = model or SETTINGS.default_model
@@ -234,6 +246,7 @@ class ImageClassifier:
 
 # The models this service serves, as found above: `bentoml build` packs them into the bento.
 ImageClassifier.models.extend(bentoml.models.BentoModel(f"{name}:{package.version}") for name, package in PACKAGES.items())
-ImageClassifier.add_asgi_middleware(RequestGuard, routes=("/classify", "/features", "/explain"),
+ImageClassifier.add_asgi_middleware(RequestGuard, routes={**dict.fromkeys(("/classify", "/features", "/explain"), IMAGE_FORM),
+                                                          v2_routes.INFER_ROUTE: v2_routes.INFER_BODY},
                                     max_body_bytes=SETTINGS.max_body_bytes)
 responses.fix_media_types(ImageClassifier)

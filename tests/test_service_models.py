@@ -127,6 +127,33 @@ def test_features_are_the_exported_graphs(server, exported_models, trained_model
     np.testing.assert_allclose(answer["embedding"], expected, atol=1e-3 * max(1.0, float(np.abs(expected).max())))
 
 
+def test_the_v2_protocol_answers_what_classify_and_features_answer(server, exported_models, binary_data):
+    """Every exported model through tritonclient (KServe v2, binary BYTES input): its metadata from the
+    manifest, and the probabilities and features /classify and /features give for the same files."""
+    import tritonclient.http as triton
+
+    photos = [photo.read_bytes() for photo in sorted((binary_data / "test").rglob("*.jpg"))[:3]]
+    client = triton.InferenceServerClient(server.url.removeprefix("http://"))
+    for name, manifest in exported_models.items():
+        spec, classes = manifest["input"], manifest["classes"]
+        metadata = client.get_model_metadata(name)
+        assert metadata["inputs"][1]["shape"] == [-1, spec["height"], spec["width"], spec["channels"]]
+        assert [output["shape"] for output in metadata["outputs"]] == [[-1, len(classes)],
+                                                                       [-1, manifest["outputs"]["features"]["shape"][1]]]
+        files = triton.InferInput("image_bytes", [len(photos)], "BYTES")
+        files.set_data_from_numpy(np.array(photos, dtype=object))
+        result = client.infer(name, [files])
+        multipart = [("images", (f"{i}.jpg", data)) for i, data in enumerate(photos)]
+        answers = requests.post(server.url + "/classify", files=multipart, data={"model": name, "top_k": len(classes)},
+                                timeout=60).json()
+        expected = [[next(item["probability"] for item in answer["top_k"] if item["label"] == label) for label in classes]
+                    for answer in answers]
+        np.testing.assert_allclose(result.as_numpy("probabilities"), expected, atol=1e-6, rtol=0, err_msg=name)
+        embeddings = requests.post(server.url + "/features", files=multipart, data={"model": name}, timeout=60).json()
+        np.testing.assert_allclose(result.as_numpy("features"), [e["embedding"] for e in embeddings], atol=1e-6, rtol=0,
+                                   err_msg=name)
+
+
 def test_every_model_batches_under_concurrent_load(server, binary_data):
     photo = sorted((binary_data / "test").rglob("*.jpg"))[0].read_bytes()
     batched, _ = batch_concurrently(server, MODELS, photo)
