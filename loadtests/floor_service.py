@@ -4,22 +4,20 @@ POST /classify takes the same multipart upload as the real service, through the 
 checks (service.requests: RequestGuard, ClassifyInput), with the same workers, limits and
 timeout (the same SERVICE_* settings), and answers a constant of the real answer's shape without
 looking at the images. Loaded like the real service, it measures what HTTP, BentoML (which
-parses the form and writes each upload to a temporary file) and the load generator cost when
+parses the form; the input spec reads each file's bytes) and the load generator cost when
 there is no work: the third term of the benchmark's ceiling.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import bentoml
 
 from service import settings
-from service.requests import ClassifyInput, ImagesInput, RequestGuard
+from service.requests import IMAGE_FORM, RequestGuard, input_specs
 from service.responses import fix_media_types
 
 SETTINGS = settings.load(default_models=("floor",))
-ImagesInput.max_images = SETTINGS.max_images_per_request
+ClassifyInput, _, _ = input_specs(SETTINGS.max_images_per_request)
 
 _ANSWER = {"label": "floor", "probability": 1.0, "top_k": [{"label": "floor", "probability": 1.0}],
            "model": "floor", "version": "0"}
@@ -28,10 +26,10 @@ _ANSWER = {"label": "floor", "probability": 1.0, "top_k": [{"label": "floor", "p
 @bentoml.service(name="floor", workers=SETTINGS.workers, traffic={"timeout": SETTINGS.timeout_s})
 class Floor:
     @bentoml.api(route="/classify", input_spec=ClassifyInput)
-    async def classify(self, images: list[Path], model: str, top_k: int) -> list[dict]:
+    async def classify(self, images: list[bytes], model: str, top_k: int) -> list[dict]:
         """One constant answer per image."""
         return [_ANSWER] * len(images)
 
 
-Floor.add_asgi_middleware(RequestGuard, routes=("/classify",), max_body_bytes=SETTINGS.max_body_bytes)
+Floor.add_asgi_middleware(RequestGuard, routes={"/classify": IMAGE_FORM}, max_body_bytes=SETTINGS.max_body_bytes)
 fix_media_types(Floor)  # as the real service does
