@@ -39,7 +39,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
-from . import engine, explain, imaging, metrics, registry, settings
+from . import engine, explain, imaging, metrics, observe, registry, settings
 from .errors import Reason, Rejection
 from .registry import ModelError, ModelPackage
 from .requests import ClassifyInput, ExplainInput, FeaturesInput, ImagesInput, RequestGuard
@@ -131,11 +131,14 @@ def _batch_api(model: str, kind: str, outputs: tuple[str, str]):
     """A batchable API of `model` answering `outputs`, the two arrays Model.run (kind "infer") or
     Model.explain (kind "explain") gives for a batch of images [N, H, W, C], float32 0-255."""
     def api(self, images: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()  # provisional: the core records this (issue 12)
         arrays = getattr(self.engine.models[model], "run" if kind == "infer" else kind)(images)
         # One array per image holding both outputs: BentoML splits the batch's result by rows.
-        result = np.empty(len(images), dtype=[(name, np.float32, array.shape[1:]) for name, array in zip(outputs, arrays)])
+        result = np.empty(len(images), dtype=[(name, np.float32, array.shape[1:]) for name, array in zip(outputs, arrays)]
+                          + [("onnx_seconds", np.float32)])  # provisional: the core records this (issue 12)
         for name, array in zip(outputs, arrays):
             result[name] = array
+        result["onnx_seconds"] = time.perf_counter() - start  # provisional: the core records this (issue 12)
         return result
 
     api.__name__ = api_name(model, kind)
@@ -250,6 +253,7 @@ class ImageClassifier:
     def __init__(self) -> None:
         # Decoding and resizing run in threads (Pillow, libjpeg and numpy release the GIL), one per core.
         self.decode_limiter = anyio.CapacityLimiter(settings.cpu_count())
+        metrics.MAX_LATENCY_SECONDS.set(SETTINGS.max_latency_ms / 1000)
         for reason in Reason:
             metrics.REJECTED.labels(reason=reason.value)
         for name, package in PACKAGES.items():
@@ -344,7 +348,16 @@ class ImageClassifier:
     async def _infer(self, package: ModelPackage, batch: np.ndarray, endpoint: str, api: str | None = None) -> np.ndarray:
         """The model's outputs for the batch, one row per image, through its batching queue (`api`:
         the inference service's API, by default the model's infer_<model>)."""
-        outputs = await self._call_inference(api or api_name(package.name), batch, model=package.name)
+        metrics.IN_FLIGHT.labels(model=package.name).inc(len(batch))  # provisional: the core records this (issue 12)
+        start = time.perf_counter()  # provisional: the core records this (issue 12)
+        try:
+            outputs = await self._call_inference(api or api_name(package.name), batch, model=package.name)
+        finally:
+            metrics.IN_FLIGHT.labels(model=package.name).dec(len(batch))  # provisional: the core records this (issue 12)
+        # provisional: the core records this (issue 12). A stand-in for the queue wait: the call's time less ONNX Runtime's.
+        wait = time.perf_counter() - start - float(outputs["onnx_seconds"][0])
+        for _ in range(len(batch)):  # provisional: the core records this (issue 12)
+            metrics.QUEUE_WAIT_SECONDS.labels(model=package.name).observe(wait)
         metrics.IMAGES.labels(model=package.name, endpoint=endpoint).inc(len(batch))
         return outputs
 
@@ -399,6 +412,8 @@ class ImageClassifier:
         return [Embedding(embedding=row.tolist(), dim=len(row), model=package.name, version=package.version) for row in features]
 
 
+# First, so that it is outside RequestGuard and times (and counts) its refusals too.
+ImageClassifier.add_asgi_middleware(observe.RequestDuration)
 ImageClassifier.add_asgi_middleware(RequestGuard, routes=("/classify", "/features", "/explain"),
                                     max_body_bytes=SETTINGS.max_body_bytes)
 fix_media_types(ImageClassifier, Inference)
