@@ -2,10 +2,11 @@
 monitoring files ask of it: every recording rule, alert and dashboard panel query, read from the
 files themselves (deploy/prometheus/, deploy/grafana/).
 
-  python -m loadtests.prometheus --service http://127.0.0.1:3000 --seconds 120 --plot docs/monitoring.png
+  python -m loadtests.prometheus --service http://127.0.0.1:3000 --seconds 120 --plot reports/monitoring.png
 
 scrapes a running service every second for --seconds (send it load meanwhile: `make locust`),
-then draws every dashboard panel from Prometheus' answers. The system tests use the same class.
+then draws every dashboard panel from Prometheus' answers (--answers keeps them as JSON;
+--replot draws them again). The system tests use the same Prometheus class.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def alert_rules() -> dict[str, str]:
 @dataclass(frozen=True)
 class PanelQuery:
     panel: str
+    kind: str  # the panel's type: timeseries, stat, table
     legend: str
     expr: str
 
@@ -69,7 +71,7 @@ def dashboard_queries(path: Path = DASHBOARD) -> list[PanelQuery]:
             yield item
             yield from panels(item.get("panels", []))
 
-    return [PanelQuery(panel["title"], target.get("legendFormat", ""), target["expr"])
+    return [PanelQuery(panel["title"], panel["type"], target.get("legendFormat", ""), target["expr"])
             for panel in panels(json.loads(path.read_text())["panels"]) for target in panel.get("targets", [])]
 
 
@@ -167,28 +169,41 @@ def scraping(target: str, *, interval_s: float = 1.0):
 # --- the plot of docs/monitoring.md ------------------------------------------------------------------
 
 
-def plot_dashboard(prometheus: Prometheus, start: float, end: float, out: Path, step: float = 2.0) -> None:
-    """Every dashboard panel drawn from Prometheus' answers over [start, end], one subplot a panel."""
+def collect(prometheus: Prometheus, start: float, end: float, step: float = 2.0) -> dict:
+    """Prometheus' answers to every dashboard query over [start, end]: what plot_dashboard draws."""
+    return {"start": start, "end": end, "step": step, "panels": [
+        {"panel": q.panel, "kind": q.kind, "legend": q.legend, "expr": q.expr,
+         "series": prometheus.query_range(q.expr, start, end, step)} for q in dashboard_queries()]}
+
+
+def plot_dashboard(answers: dict, out: Path) -> None:
+    """Every dashboard panel drawn from `answers` (collect), one subplot a panel; a table panel as a table."""
+    import math
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    by_panel: dict[str, list[PanelQuery]] = {}
-    for query in dashboard_queries():
-        by_panel.setdefault(query.panel, []).append(query)
+    by_panel: dict[str, list[dict]] = {}
+    for answer in answers["panels"]:
+        by_panel.setdefault(answer["panel"], []).append(answer)
     columns = 2
     rows = -(-len(by_panel) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(13, 3.1 * rows), squeeze=False)
-    for ax, (title, queries) in zip(axes.flat, by_panel.items()):
+    for ax, (title, panel) in zip(axes.flat, by_panel.items()):
         ax.set_title(title, fontsize=10)
-        for query in queries:
-            for series in prometheus.query_range(query.expr, start, end, step):
-                times = [float(t) - start for t, _ in series["values"]]
-                values = [float(v) for _, v in series["values"]]
-                label = _legend(query.legend, series["metric"]) if query.legend else ", ".join(
-                    f"{k}={v}" for k, v in series["metric"].items() if k not in ("__name__", "job", "instance"))
-                ax.plot(times, values, label=label, linewidth=1.2)
+        series = [(_legend(a["legend"], s["metric"]), [float(t) - answers["start"] for t, _ in s["values"]],
+                   [float(v) for _, v in s["values"]]) for a in panel for s in a["series"]]
+        if panel[0]["kind"] == "table":
+            _table(ax, [s["metric"] for a in panel for s in a["series"]])
+            continue
+        # Series with no value, and all-zero ones beside others (status classes, reasons that never came), only clutter.
+        series = [s for s in series if any(math.isfinite(v) for v in s[2])]
+        if any(any(v for v in s[2]) for s in series):
+            series = [s for s in series if any(s[2])]
+        for label, times, values in series:
+            ax.plot(times, values, label=label, linewidth=1.2)
         ax.set_xlabel("seconds", fontsize=8)
         ax.tick_params(labelsize=8)
         if ax.lines:
@@ -201,19 +216,38 @@ def plot_dashboard(prometheus: Prometheus, start: float, end: float, out: Path, 
     plt.close(figure)
 
 
+def _table(ax, rows: list[dict[str, str]]) -> None:
+    columns = sorted({k for row in rows for k in row} - {"__name__", "job", "instance"})
+    ax.axis("off")
+    if rows:
+        table = ax.table(cellText=[[row.get(c, "") for c in columns] for row in rows], colLabels=columns, loc="center")
+        table.set_fontsize(9)
+
+
 def _legend(template: str, labels: dict[str, str]) -> str:
+    if not template:
+        return ", ".join(f"{k}={v}" for k, v in labels.items() if k not in ("__name__", "job", "instance"))
     for name, value in labels.items():
         template = template.replace("{{" + name + "}}", value)
     return template
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.prometheus", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m loadtests.prometheus", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--service", default="http://127.0.0.1:3000", help="the running service's URL (default: %(default)s)")
     parser.add_argument("--seconds", type=float, default=120, help="how long to scrape before plotting (default: %(default)s)")
     parser.add_argument("--plot", type=Path, default=Path("reports/monitoring.png"), help="the PNG to write (default: %(default)s)")
+    parser.add_argument("--answers", type=Path, default=None,
+                        help="also write Prometheus' answers (JSON) here; with --replot, read them from here instead")
+    parser.add_argument("--replot", action="store_true", help="draw --plot from --answers; no Prometheus, no service")
     args = parser.parse_args(argv)
+    if args.replot:
+        if args.answers is None or not args.answers.is_file():
+            raise SystemExit("error: --replot needs --answers FILE, written by an earlier run")
+        plot_dashboard(json.loads(args.answers.read_text()), args.plot)
+        print(f"wrote {args.plot}")
+        return
     target = urlparse(args.service).netloc
     if not target:
         raise SystemExit(f"error: --service {args.service!r} is not a URL like http://127.0.0.1:3000")
@@ -222,10 +256,14 @@ def main(argv: list[str] | None = None) -> None:
             start = time.time()
             print(f"prometheus {prometheus.url} scraping {target} every second for {args.seconds:g} s")
             time.sleep(args.seconds)
-            plot_dashboard(prometheus, start, time.time(), args.plot)
+            answers = collect(prometheus, start, time.time())
     except PrometheusError as err:
         raise SystemExit(f"error: {err}") from None
-    print(f"wrote {args.plot}")
+    if args.answers is not None:
+        args.answers.parent.mkdir(parents=True, exist_ok=True)
+        args.answers.write_text(json.dumps(answers))
+    plot_dashboard(answers, args.plot)
+    print(f"wrote {args.plot}" + (f" and {args.answers}" if args.answers else ""))
 
 
 if __name__ == "__main__":
