@@ -5,10 +5,13 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# The benchmark's Triton peer has a venv of its own (PyTriton needs numpy < 2; .venv has numpy 2).
+TRITON_VENV  ?= .venv-triton
+TRITON_STAMP := $(TRITON_VENV)/.installed-stamp
 # Demo and test runs stay on the CPU and quiet unless asked otherwise.
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: help install demo test test-system serve bento image reproduce bench locust clean
+.PHONY: help install demo test test-system serve bento image reproduce bench triton-peer locust clean
 
 help:
 	@echo "make demo   - install, then train (and export, serve) on the built-in demo dataset"
@@ -19,6 +22,8 @@ help:
 	@echo "make image  - the GPU Docker image of that bento (needs a Docker engine)"
 	@echo "make reproduce DATA=... MNIST=... WEIGHTS=...  - the seed documents' accuracy ladder on real data (hours)"
 	@echo "make bench MODEL=... IMAGES=...  - the benchmark harness (docs/benchmarks.md), reports in reports/"
+	@echo "            BENCH_ARGS='--peer triton' also measures Triton Inference Server (makes its venv first)"
+	@echo "make triton-peer - the venv of the benchmark's Triton peer, $(TRITON_VENV) (pyproject.toml's triton-peer extra)"
 	@echo "make locust HOST=... USERS=... TIME=...  - Locust, headless, against a running service"
 	@echo "make clean  - remove the virtual environment and generated demo outputs"
 
@@ -29,6 +34,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+$(TRITON_STAMP): pyproject.toml
+	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(TRITON_VENV)/bin/python -m pip install --quiet -e ".[triton-peer]"
+	touch $(TRITON_STAMP)
+
+triton-peer: $(TRITON_STAMP)
 
 # BASE_WEIGHTS=path/to/weights.h5 gives the transfer rungs real ImageNet weights offline.
 demo: $(STAMP)
@@ -61,9 +74,12 @@ reproduce: $(STAMP)
 	$(BIN)/python -m loadtests.accuracy --data $(DATA) --mnist $(MNIST) --report docs/results.md
 
 # Benchmark report in reports/bench-*/ (docs/benchmarks.md). MODEL=store name, IMAGES=folder
-# (default: generated JPEGs), BENCH_ARGS=more options (python -m loadtests.bench --help).
-bench: $(STAMP)
-	$(BIN)/python -m loadtests.bench $(if $(MODEL),--model $(MODEL)) $(if $(IMAGES),--images $(IMAGES)) $(BENCH_ARGS)
+# (default: generated JPEGs), BENCH_ARGS=more options (python -m loadtests.bench --help);
+# with --peer in them, the Triton peer's venv is made first.
+PEER := $(findstring --peer,$(BENCH_ARGS))
+bench: $(STAMP) $(if $(PEER),$(TRITON_STAMP))
+	$(BIN)/python -m loadtests.bench $(if $(MODEL),--model $(MODEL)) $(if $(IMAGES),--images $(IMAGES)) \
+		$(if $(PEER),--peer-python $(TRITON_VENV)/bin/python) $(BENCH_ARGS)
 
 # Locust, headless, against a running service (make serve); CSV and HTML in reports/.
 locust: $(STAMP)
@@ -72,4 +88,4 @@ locust: $(STAMP)
 		-u $(or $(USERS),16) -r 4 -t $(or $(TIME),1m) --csv reports/locust --html reports/locust.html
 
 clean:
-	rm -rf $(VENV) data/demo models/demo-*
+	rm -rf $(VENV) $(TRITON_VENV) data/demo models/demo-*

@@ -6,7 +6,11 @@ naive Keras server, for one model and one set of image files, measured side by s
   3. floor     loadtests/floor_service.py: the same upload through BentoML, a constant answer
   4. service   `bentoml serve service.service:ImageClassifier` at each concurrency, with 1 and with
                16 images per request: images/s, latency percentiles, errors, mean batch size
-  5. naive     loadtests/naive_server.py: Keras model.predict, one image per request
+  5. peer      with --peer triton: NVIDIA Triton Inference Server (PyTriton, in its own venv: make
+               triton-peer) serving the same model package over KServe v2, in every configuration of
+               --peer-queue-delays-ms x --peer-instances, one after the other; the best at each level
+               against the service, and whether both gave every file the same top-1 class
+  6. naive     loadtests/naive_server.py: Keras model.predict, one image per request
 The ceiling for each level is 1 / (1/engine + 1/decode + 1/floor): the three share the cores.
 Every server is started, warmed up and stopped here, one at a time. The report (Markdown, JSON,
 plots, server logs) goes to --out. See docs/benchmarks.md.
@@ -21,6 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -29,8 +34,8 @@ from service import imaging, registry, settings
 from service.registry import ModelError, ModelPackage
 from service.settings import SettingsError
 
-from . import components, images, loadgen, machine, report
-from .servers import REPO, SERVICE, Server, inference_api, metric_value, serve_env
+from . import components, images, loadgen, machine, peer, report
+from .servers import REPO, SERVICE, Server, metric_value, serve_env
 
 FLOOR = "loadtests.floor_service:Floor"
 STAGES = ("engine", "decode", "floor", "service", "naive")
@@ -96,6 +101,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "side by side in the same run (repeatable)")
     parser.add_argument("--keras-model", type=Path,
                         help="the trained model folder (model.keras) for the naive server (default: models/NAME)")
+    parser.add_argument("--peer", choices=("triton",),
+                        help="also measure Triton Inference Server serving the same model package (docs/benchmarks.md); "
+                             "it runs in its own venv, made by `make triton-peer`")
+    parser.add_argument("--peer-python", type=Path, default=peer.PYTHON,
+                        help=f"the peer venv's Python (default: {peer.PYTHON.relative_to(REPO)})")
+    parser.add_argument("--peer-queue-delays-ms", type=float, nargs="+", default=list(peer.QUEUE_DELAYS_MS),
+                        help="Triton's dynamic batcher queue delays to try, ms (default: 0 1 2)")
+    parser.add_argument("--peer-instances", type=int, nargs="+", default=list(peer.INSTANCES),
+                        help="Triton model instance counts to try, each with every queue delay (default: 1 2)")
+    parser.add_argument("--peer-max-batch-size", type=int, default=peer.MAX_BATCH_SIZE,
+                        help=f"Triton's max_batch_size (default: {peer.MAX_BATCH_SIZE})")
     parser.add_argument("--skip", action="append", default=[], choices=STAGES, help="leave a stage out (repeatable)")
     parser.add_argument("--out", type=Path,
                         help="report folder, made if missing: bench.md, bench.json, throughput.png, latency.png, time.png "
@@ -108,11 +124,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("concurrency levels, images per request and batch sizes must be at least 1")
     if args.duration <= 0 or args.component_seconds <= 0 or args.warmup < 0:
         parser.error("--duration and --component-seconds must be positive, --warmup not negative")
+    if min(args.peer_instances + [args.peer_max_batch_size]) < 1 or min(args.peer_queue_delays_ms) < 0:
+        parser.error("--peer-instances and --peer-max-batch-size must be at least 1, --peer-queue-delays-ms not negative")
     return args
 
 
 def prepare(args: argparse.Namespace) -> Plan:
     """Check everything the run needs before starting anything; make the images."""
+    if args.peer:
+        # absolute, not resolved: a venv's python is a link out of the venv, which it must not leave
+        args.peer_python = args.peer_python.absolute()
+        problem = peer.python_problem(args.peer_python)
+        if problem:
+            raise BenchError(problem)
+        if "service" in args.skip:
+            raise BenchError("--peer triton is measured against the service: do not --skip service")
     given = [_given_settings("--set", args.set)] + [_given_settings("--compare", item.split(",")) for item in args.compare]
     try:
         model = settings.load({"SERVICE_MODELS": args.model}).models[0]
@@ -151,6 +177,11 @@ def prepare(args: argparse.Namespace) -> Plan:
         label = f"{label}-phone"
 
     notes: list[str] = []
+    if args.peer:
+        if max(args.images_per_request) > args.peer_max_batch_size:
+            notes.append(f"Triton takes no request of more images than its max_batch_size ({args.peer_max_batch_size}): "
+                         f"the peer leaves out {', '.join(str(k) for k in args.images_per_request if k > args.peer_max_batch_size)} "
+                         f"images per request")
     largest = max(args.images_per_request) * max(f.stat().st_size for f in files) + 64 * 1024
     services = [_service_setup(args, model, chosen, largest, notes) for chosen in given]
     if "naive" not in args.skip:
@@ -212,27 +243,37 @@ def _progress(message: str) -> None:
     print(f"[{time.monotonic() - _START:6.0f} s] {message}", flush=True)
 
 
-def _levels(plan: Plan, server: Server, stage: str, images_per_request: list[int], *, with_metrics: bool) -> list[dict]:
-    """Every (images per request, concurrency) level against `server`'s /classify."""
+def _classify(plan: Plan) -> loadgen.Endpoint:
+    return loadgen.classify_endpoint({"model": plan.model.name})
+
+
+MetricDeltas = Callable[[str, str, int], dict]  # (/metrics before, after, requests answered) -> level["server"]
+
+
+def _levels(plan: Plan, server: Server, stage: str, images_per_request: list[int], *, endpoint: loadgen.Endpoint,
+            metric_deltas: MetricDeltas | None = None) -> list[dict]:
+    """Every (images per request, concurrency) level against `server`'s `endpoint`."""
     files = images.read_files(plan.files)
     args = plan.args
+    url = server.url + endpoint.path
     results = []
     for per_request in images_per_request:
-        bodies = loadgen.request_bodies(files, per_request, {"model": plan.model.name})
+        bodies = endpoint.bodies(files, per_request)
 
         def snapshot():
             return {"cpu": server.cpu_seconds(), "machine_busy_s": machine.busy_seconds(),
-                    "metrics": server.metrics() if with_metrics else ""}
+                    "metrics": server.metrics() if metric_deltas else ""}
 
         # Warm the server (and BentoML's batcher, which learns the model's latency) before the first level.
-        loadgen.run_level(server.url + "/classify", bodies, 4, warmup_s=0, duration_s=1.0, timeout_s=_timeout(plan))
+        loadgen.run_level(url, bodies, 4, warmup_s=0, duration_s=1.0, timeout_s=_timeout(plan))
         for concurrency in args.concurrency:
             if args.max_images_in_flight and concurrency * per_request > args.max_images_in_flight:
                 _progress(f"{stage:8s} {concurrency:3d} clients x {per_request:2d} images: left out (--max-images-in-flight)")
                 continue
-            level = loadgen.run_level(server.url + "/classify", bodies, concurrency, warmup_s=args.warmup,
+            level = loadgen.run_level(url, bodies, concurrency, warmup_s=args.warmup,
                                       duration_s=args.duration, min_requests=args.min_requests,
-                                      max_window_s=args.max_window, timeout_s=_timeout(plan), snapshot=snapshot)
+                                      max_window_s=args.max_window, timeout_s=_timeout(plan), snapshot=snapshot,
+                                      parse=endpoint.parse)
             summary = level.summary()
             before, after = level.snapshots
             server_cpu = {role: after["cpu"][role] - before["cpu"].get(role, 0.0) for role in after["cpu"]}
@@ -241,14 +282,15 @@ def _levels(plan: Plan, server: Server, stage: str, images_per_request: list[int
             # What the rest of the machine used meanwhile (other people's work on a shared machine), in cores.
             others = after["machine_busy_s"] - before["machine_busy_s"] - sum(server_cpu.values()) - level.cpu_s
             summary["other_processes_cores"] = max(0.0, others / level.window_s)
-            if with_metrics:
-                summary["server"] = _metric_deltas(before["metrics"], after["metrics"], plan.model.name, summary["requests"])
-            summary["answer_ok"] = _answer_ok(level.first_answer, per_request)
+            if metric_deltas:
+                summary["server"] = metric_deltas(before["metrics"], after["metrics"], summary["requests"])
+            summary["answer_ok"] = _answer_ok(endpoint, level.first_answer, per_request)
             results.append(summary)
+            mean_batch = summary.get("server", {}).get("mean_batch")
             _progress(f"{stage:8s} {concurrency:3d} clients x {per_request:2d} images: {summary['images_per_s']:7.1f} images/s, "
                       f"p50 {_ms(summary['latency_ms']['p50'])}, p99 {_ms(summary['latency_ms']['p99'])}, "
-                      f"{summary['errors']} errors, others {summary['other_processes_cores']:.1f} cores" + (f", mean batch {summary['server']['mean_batch']:.1f}"
-                                                       if with_metrics and summary["server"]["mean_batch"] else ""))
+                      f"{summary['errors']} errors, others {summary['other_processes_cores']:.1f} cores"
+                      + (f", mean batch {mean_batch:.1f}" if mean_batch else ""))
     return results
 
 
@@ -260,12 +302,12 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} ms"
 
 
-def _answer_ok(answer: object, images_per_request: int) -> bool | None:
-    """Whether the first answer of a level is a list of one classification per image."""
+def _answer_ok(endpoint: loadgen.Endpoint, answer: object, images_per_request: int) -> bool | None:
+    """Whether the first answer of a level gives one classification per image."""
     if answer is None:
         return None
-    return isinstance(answer, list) and len(answer) == images_per_request and all(
-        isinstance(entry, dict) and "label" in entry for entry in answer)
+    labels = endpoint.labels(answer)
+    return labels is not None and len(labels) == images_per_request
 
 
 def _metric_deltas(before: str, after: str, model: str, requests: int) -> dict:
@@ -274,9 +316,9 @@ def _metric_deltas(before: str, after: str, model: str, requests: int) -> dict:
         return metric_value(after, name, **labels) - metric_value(before, name, **labels)
 
     batches = delta("imgcls_batch_size_images_count", model=model)
+    queued = delta("imgcls_queue_wait_seconds_count", model=model)
     images_in_batches = delta("imgcls_batch_size_images_sum", model=model)
     public_calls = delta("bentoml_service_request_duration_seconds_count", endpoint="/classify")
-    hop_calls = delta("bentoml_service_request_duration_seconds_count", endpoint="/" + inference_api(model))
     per_request = max(1, requests)
     return {
         "batches": batches,
@@ -285,20 +327,50 @@ def _metric_deltas(before: str, after: str, model: str, requests: int) -> dict:
         "decode_ms_per_request": 1000 * delta("imgcls_preprocess_duration_seconds_sum", model=model) / per_request,
         "public_ms_per_request": 1000 * delta("bentoml_service_request_duration_seconds_sum", endpoint="/classify") / public_calls
         if public_calls else None,
-        "inference_call_ms": 1000 * delta("bentoml_service_request_duration_seconds_sum", endpoint="/" + inference_api(model)) / hop_calls
-        if hop_calls else None,
-        "inference_calls_per_request": hop_calls / per_request,
+        "queue_wait_ms_per_image": 1000 * delta("imgcls_queue_wait_seconds_sum", model=model) / queued if queued else None,
     }
 
 
-def _serve(plan: Plan, name: str, setup: ServiceSetup, command: list[str] | None = None, target: str | None = None) -> Server:
+def _serve(plan: Plan, name: str, setup: ServiceSetup, command: list[str] | None = None, target: str | None = None,
+           server: Server | None = None) -> Server:
     log = plan.out / "logs" / f"{name}.log"
-    server = Server(command, setup.env, log) if command else Server.bentoml(target, setup.env, log)
+    if server is None:
+        server = Server(command, setup.env, log) if command else Server.bentoml(target, setup.env, log)
     try:
         server.wait_ready(300)
     except RuntimeError as err:
-        raise BenchError(f"the {name} server did not start; see {log}: {str(err).splitlines()[0]}") from None
+        raise BenchError(f"the {name} server did not start; see {server.log_path}: {str(err).splitlines()[0]}") from None
     return server
+
+
+def _peer_stage(plan: Plan, setup: ServiceSetup) -> dict:
+    """Triton in every configuration, one server after the other, with --set's settings (threads,
+    decoding) and the same levels; each file's top-1 label from each configuration."""
+    args = plan.args
+    per_request = [k for k in args.images_per_request if k <= args.peer_max_batch_size]
+    endpoint = peer.endpoint(plan.package)
+    found: dict = {"name": "triton", "images_per_request": per_request, "max_batch_size": args.peer_max_batch_size,
+                   "inference_threads": setup.config.inference_threads, "configurations": []}
+    for config in peer.configurations(args.peer_queue_delays_ms, args.peer_instances, args.peer_max_batch_size):
+        _progress(f"{'triton':8s} starting ({config.label})")
+        log = plan.out / "logs" / f"{config.name}.log"
+        server = _serve(plan, config.name, setup, server=peer.server(args.peer_python, args.model, config, setup.env, log))
+        try:
+            found.setdefault("versions", peer.versions(server, args.peer_python))
+            levels = _levels(plan, server, "triton", per_request, endpoint=endpoint,
+                             metric_deltas=lambda before, after, requests: peer.metric_deltas(before, after, plan.model.name, requests))
+            found["configurations"].append(peer.measured(config, levels, peer.top1(server, endpoint, plan.files)))
+        finally:
+            server.stop()
+    return found
+
+
+def _file_name(plan: Plan, path: Path) -> str:
+    """A file as the report names it: its path under --images (class folders may repeat names)."""
+    try:
+        return str(path.relative_to(plan.args.images))
+    except (TypeError, ValueError):
+        return path.name
 
 
 def _settings(config: settings.Settings) -> dict:
@@ -351,12 +423,17 @@ def run(plan: Plan) -> dict:
                 for i, setup in enumerate(plan.services[1:], 1)),
               ("naive", primary, dict(command=naive), [1], False)]
     for name, setup, how, per_request, with_metrics in stages:
+        if name == "naive" and args.peer:  # the peer right after the service (and its comparisons)
+            results["peer"] = _peer_stage(plan, primary)
         if name.rstrip("0123456789") in args.skip or (name.startswith("compare") and "service" in args.skip):
             continue
         _progress(f"{name:8s} starting" + (f" ({setup.label})" if name != "naive" else ""))
         server = _serve(plan, name, setup, **how)
+        deltas = (lambda before, after, requests: _metric_deltas(before, after, plan.model.name, requests)) if with_metrics else None
         try:
-            measured = {"levels": _levels(plan, server, name, per_request, with_metrics=with_metrics)}
+            measured = {"levels": _levels(plan, server, name, per_request, endpoint=_classify(plan), metric_deltas=deltas)}
+            if name == "service" and args.peer:
+                measured["top1"] = peer.top1(server, _classify(plan), plan.files)
         finally:
             server.stop()
         if name.startswith("compare"):
@@ -364,6 +441,9 @@ def run(plan: Plan) -> dict:
                 {"label": setup.label, "settings": _settings(setup.config), **measured})
         else:
             results[name] = measured
+    if args.peer:
+        results["peer_comparison"] = peer.comparison(results)
+        results["top1_agreement"] = peer.agreement(results, [_file_name(plan, path) for path in plan.files])
     results["ceiling"] = report.ceilings(results)
     results["targets"] = report.targets(results)
     results["activity_after"] = machine.activity()

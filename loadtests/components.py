@@ -1,7 +1,7 @@
 """The two stages of the request path that do the work, measured alone in this process with the
 service's own code and settings: the raw engine (service.engine.Model: the same ONNX Runtime
-session options, threads and provider as the inference service) and decoding
-(service.imaging.preprocess, as the public service calls it, on the same files).
+session options, threads and provider as the service) and decoding
+(service.imaging.preprocess, as the service calls it, on the same files).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The benchmark's load generator: a closed loop of `concurrency` clients, each sending its next
 request as soon as the last one is answered, with asyncio and aiohttp in one thread.
 
-It is built not to be the bottleneck: the multipart bodies are encoded once, before the run, and
-sent as bytes; one connection per client is opened once and reused (keep-alive); answers are read
+It is built not to be the bottleneck: the bodies (multipart, or KServe v2 binary requests made by
+loadtests/v2.py) are encoded once, before the run, and sent as bytes; one connection per client is opened once and reused (keep-alive); answers are read
 but parsed only for the first answer of each level (every answer's status is checked). Its own CPU
 time is measured (`cpu_s`), so that a report can say what share of the machine it took.
 
@@ -21,7 +21,7 @@ import json
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Mapping
 
 import aiohttp
 import numpy as np
@@ -31,11 +31,13 @@ PERCENTILES = (50, 95, 99)
 
 @dataclass(frozen=True)
 class Body:
-    """One pre-encoded multipart/form-data request body."""
+    """One pre-encoded request body: multipart/form-data (multipart_body) or a KServe v2 binary
+    infer request (loadtests/v2.py, whose length header goes in `headers`)."""
 
     data: bytes
     content_type: str
     images: int
+    headers: Mapping[str, str] = field(default_factory=dict)  # more HTTP headers than Content-Type
 
 
 def multipart_body(files: list[tuple[str, bytes]], fields: dict[str, str] | None = None, field_name: str = "images") -> Body:
@@ -58,12 +60,47 @@ def _content_type(name: str) -> str:
 
 
 def request_bodies(files: list[tuple[str, bytes]], images_per_request: int, fields: dict[str, str] | None = None,
-                   count: int | None = None) -> list[Body]:
+                   count: int | None = None, encode: Callable[[list[tuple[str, bytes]]], Body] | None = None) -> list[Body]:
     """Bodies of `images_per_request` files each, taking the files in turn (wrapping around), so that
-    every file is sent about equally often; `count` bodies (default: enough to use every file once)."""
+    every file is sent about equally often; `count` bodies (default: enough to use every file once).
+    `encode` makes a body of some files (default: multipart_body with `fields`)."""
     count = count or max(1, -(-len(files) // images_per_request))
     cycle = itertools.cycle(files)
-    return [multipart_body([next(cycle) for _ in range(images_per_request)], fields) for _ in range(count)]
+    encode = encode or (lambda chunk: multipart_body(chunk, fields))
+    return [encode([next(cycle) for _ in range(images_per_request)]) for _ in range(count)]
+
+
+def classify_labels(answer: object) -> list[str] | None:
+    """The top-1 label of each image in a /classify answer (the service's, the floor's, the naive
+    server's: a list of {"label": ...}), or None where the answer is not one."""
+    if not isinstance(answer, list) or not all(isinstance(entry, dict) and "label" in entry for entry in answer):
+        return None
+    return [entry["label"] for entry in answer]
+
+
+def parse_json(payload: bytes, headers: Mapping[str, str] | None = None) -> object:
+    """A JSON answer, or its first 200 characters where it is not JSON."""
+    try:
+        return json.loads(payload)
+    except ValueError:
+        return payload[:200].decode(errors="replace")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """What a load test sends to a server and how it reads the answers: the URL path, the bodies
+    of N images each (made once per level), the parser of an answer (body, HTTP headers), and the
+    top-1 label of each image in a parsed answer (None: not an answer)."""
+
+    path: str
+    bodies: Callable[[list[tuple[str, bytes]], int], list[Body]]
+    parse: Callable[[bytes, Mapping[str, str]], object] = parse_json
+    labels: Callable[[object], list[str] | None] = classify_labels
+
+
+def classify_endpoint(fields: dict[str, str] | None = None) -> Endpoint:
+    """POST /classify with multipart bodies (and the text `fields`): the service's API."""
+    return Endpoint("/classify", lambda files, per_request: request_bodies(files, per_request, fields))
 
 
 @dataclass
@@ -106,8 +143,10 @@ class LevelResult:
 
 async def _run_level(url: str, bodies: list[Body], concurrency: int, *, warmup_s: float, duration_s: float,
                      min_requests: int, max_window_s: float, timeout_s: float,
-                     snapshot: Callable[[], Awaitable[object]] | None) -> LevelResult:
+                     snapshot: Callable[[], Awaitable[object]] | None,
+                     parse: Callable[[bytes, Mapping[str, str]], object]) -> LevelResult:
     result = LevelResult(concurrency, bodies[0].images)
+    headers = [{"Content-Type": body.content_type, **body.headers} for body in bodies]
     loop = asyncio.get_running_loop()
     started = loop.time()
     answered_once = 0
@@ -126,12 +165,13 @@ async def _run_level(url: str, bodies: list[Body], concurrency: int, *, warmup_s
             for turn in itertools.count():
                 if stop:
                     return
-                body = bodies[(index + turn * concurrency) % len(bodies)]
+                which = (index + turn * concurrency) % len(bodies)
                 sent = loop.time()
                 try:
-                    async with session.post(url, data=body.data, headers={"Content-Type": body.content_type}) as response:
+                    async with session.post(url, data=bodies[which].data, headers=headers[which]) as response:
                         payload = await response.read()
                         outcome = str(response.status) if not 200 <= response.status < 300 else None
+                        answer_headers = response.headers
                 except asyncio.TimeoutError:
                     payload, outcome = b"", "timeout"
                 except aiohttp.ClientError as err:
@@ -146,7 +186,7 @@ async def _run_level(url: str, bodies: list[Body], concurrency: int, *, warmup_s
                     if outcome is None:
                         result.latencies_s.append(done - sent)
                         if result.first_answer is None:
-                            result.first_answer = _parse(payload)
+                            result.first_answer = parse(payload, answer_headers)
                     else:
                         result.errors[outcome] = result.errors.get(outcome, 0) + 1
 
@@ -170,23 +210,18 @@ async def _run_level(url: str, bodies: list[Body], concurrency: int, *, warmup_s
     return result
 
 
-def _parse(payload: bytes) -> object:
-    try:
-        return json.loads(payload)
-    except ValueError:
-        return payload[:200].decode(errors="replace")
-
-
 def run_level(url: str, bodies: list[Body], concurrency: int, *, warmup_s: float = 2.0, duration_s: float = 5.0,
               min_requests: int = 0, max_window_s: float = 60.0, timeout_s: float = 300.0,
-              snapshot: Callable[[], object] | None = None) -> LevelResult:
+              snapshot: Callable[[], object] | None = None,
+              parse: Callable[[bytes, Mapping[str, str]], object] = parse_json) -> LevelResult:
     """Load `url` (POST) with `concurrency` clients sending `bodies` in turn; see the module docstring.
 
     `snapshot`, called (in a thread) right before and after the window, records what the server
-    reports (its /metrics, its CPU time), so that the window's differences can be taken."""
+    reports (its /metrics, its CPU time), so that the window's differences can be taken. `parse(body,
+    headers)` reads the level's first answer (LevelResult.first_answer; default: JSON)."""
     async def snap():
         return await asyncio.to_thread(snapshot) if snapshot else None
 
     return asyncio.run(_run_level(url, bodies, concurrency, warmup_s=warmup_s, duration_s=duration_s,
                                   min_requests=min_requests, max_window_s=max_window_s, timeout_s=timeout_s,
-                                  snapshot=snap if snapshot else None))
+                                  snapshot=snap if snapshot else None, parse=parse))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import components
+from . import components, peer
 
 # The targets of issue 5, for one image per request.
 TARGET_CONCURRENCY = 16
@@ -251,6 +251,7 @@ def markdown(results: dict) -> str:
                   _table(["clients", "images/s", "ceiling", "of ceiling", "naive", "vs naive", "p50 ms", "p95 ms",
                           "p99 ms", "p99/p50", "errors", "mean batch", "others' cores"], rows), ""]
     parts += _compared_section(results)
+    parts += _peer_section(results)
     parts += _parts_alone(results)
     parts += _time_section(results)
     parts += _loadgen_section(results)
@@ -289,6 +290,66 @@ def _compared_section(results: dict) -> list[str]:
     return parts
 
 
+def _peer_section(results: dict) -> list[str]:
+    """The service against Triton (--peer triton): at each level Triton's best configuration, then all of them."""
+    found = results.get("peer")
+    if not found:
+        return []
+    versions = found.get("versions", {})
+    runtime = versions.get("onnxruntime-gpu") or versions.get("onnxruntime", "?")
+    parts = ["## The service against Triton Inference Server (same run)", "",
+             f"NVIDIA Triton Inference Server {versions.get('tritonserver', '?')} through PyTriton {versions.get('nvidia-pytriton', '?')} "
+             f"(in its own venv: numpy {versions.get('numpy', '?')}, ONNX Runtime {runtime}), serving the same model package: "
+             "the files' raw bytes in (BYTES), decoded one after the other in each model instance's Python callable with "
+             f"service.imaging.preprocess, then the service's ONNX Runtime session options with {found['inference_threads']} "
+             f"intra-op thread(s) per instance; dynamic batching up to {found['max_batch_size']}. KServe v2 over HTTP with "
+             "binary tensors, the same load generator and files, one server after the other. At each level the configuration "
+             "with the most images/s (one without errors first) counts, as a Triton user would tune it. CPU: ms per image of "
+             "each server's whole process tree (Triton's: PyTriton's process with the callables, tritonserver, a Python backend "
+             "stub per instance), the load generator's not included.", "",
+             _agreement_text(results.get("top1_agreement") or {}), ""]
+    concurrency = results["protocol"]["concurrency"]
+    for per_request in found["images_per_request"]:
+        rows = []
+        for row in results.get("peer_comparison", []):
+            if row["images_per_request"] == per_request:
+                ours, theirs = row["service"], row["triton"]
+                rows.append([str(row["concurrency"]), _f(ours["images_per_s"]), _f(theirs["images_per_s"]), _f(row["ratio"], 2, "x"),
+                             row["configuration"], _f(ours["p50_ms"]), _f(theirs["p50_ms"]), _f(ours["p99_ms"]), _f(theirs["p99_ms"]),
+                             f"{ours['errors']} / {theirs['errors']}", _f(ours["cpu_ms_per_image"], 2), _f(theirs["cpu_ms_per_image"], 2)])
+        every = []
+        for config in found["configurations"]:
+            cells = [config["label"]]
+            for c in concurrency:
+                level = _level(config, c, per_request)
+                mean_batch = (level or {}).get("server", {}).get("mean_batch")
+                cells.append("-" if level is None else
+                             f"{level['images_per_s']:.1f}, {_f(level['latency_ms']['p50'], 0)} / {_f(level['latency_ms']['p99'], 0)} ms, "
+                             f"{peer.cpu_ms_per_image(level):.1f} ms CPU" + (f", batch {mean_batch:.1f}" if mean_batch else "")
+                             + (f", {level['errors']} errors" if level["errors"] else ""))
+            every.append(cells)
+        parts += [f"### {per_request} image{'s' if per_request > 1 else ''} per request", "",
+                  _table(["clients", "service images/s", "Triton images/s", "service / Triton", "Triton's best configuration",
+                          "service p50 ms", "Triton p50 ms", "service p99 ms", "Triton p99 ms", "errors (service / Triton)",
+                          "service CPU ms/image", "Triton CPU ms/image"], rows), "",
+                  "Every Triton configuration: images/s, p50 / p99 ms, CPU ms per image, mean batch (Triton's /metrics):", "",
+                  _table(["configuration"] + [_clients(c) for c in concurrency], every), ""]
+    return parts
+
+
+def _agreement_text(agreement: dict) -> str:
+    if not agreement.get("files"):
+        return "Top-1 class: not compared (no answers from the service)."
+    if agreement["same"]:
+        count = agreement["configurations"]
+        which = f"each of the {count} Triton configurations" if count > 1 else "the Triton configuration"
+        return f"Top-1 class: the same from the service and from {which} on every one of the {agreement['files']} files."
+    differ = agreement["different"]
+    listed = "; ".join(f"{d['file']} (service {d['service']}, Triton {d['triton']}: {d['configuration']})" for d in differ[:10])
+    return (f"Top-1 class: **not the same on every file**: {len(differ)} answer(s) differ of {agreement['files']} files x "
+            f"{agreement['configurations']} configurations: {listed}" + (" ..." if len(differ) > 10 else "") + ".")
+
+
 def _parts_alone(results: dict) -> list[str]:
     parts = ["## The parts alone", ""]
     if results.get("engine"):
@@ -319,17 +380,16 @@ def _parts_alone(results: dict) -> list[str]:
 def latency_breakdown(level: dict) -> dict[str, float] | None:
     """A service level's mean latency split by where it went (ms), from the /metrics differences."""
     server = level.get("server") or {}
-    if not server.get("public_ms_per_request") or server.get("inference_call_ms") is None or not level["latency_ms"]["mean"]:
+    if not server.get("public_ms_per_request") or server.get("queue_wait_ms_per_image") is None or not level["latency_ms"]["mean"]:
         return None
-    calls = server["inference_calls_per_request"] or 1
     ort = server["ort_ms_per_batch"] or 0.0
-    inference = server["inference_call_ms"] * calls
+    wait = server["queue_wait_ms_per_image"]
     decode = server["decode_ms_per_request"]
     return {
-        "ONNX Runtime (the whole batch)": ort * calls,
-        "batching queue + inference service HTTP": max(0.0, inference - ort * calls),
+        "ONNX Runtime (the whole batch)": ort,
+        "waiting in the batching queue": wait,
         "decode": decode,
-        "public service: form, decode queue, hop, JSON": max(0.0, server["public_ms_per_request"] - decode - inference),
+        "HTTP, form, threads, JSON": max(0.0, server["public_ms_per_request"] - ort - wait - decode),
         "outside the server: network, load generator": max(0.0, level["latency_ms"]["mean"] - server["public_ms_per_request"]),
     }
 
@@ -341,7 +401,7 @@ def _time_section(results: dict) -> list[str]:
     if not budget["missing"]:
         parts += [f"One client, one image: p50 {budget['p50']:.1f} ms = engine batch-1 {budget['engine']:.1f} + decode "
                   f"{budget['decode']:.1f} + floor {budget['floor']:.1f} + {budget['p50'] - budget['budget']:.1f} ms more "
-                  f"(the hop to the inference service, its batching, serialisation).", ""]
+                  f"(batching, threads, serialisation).", ""]
     elif budget["p50"] is not None:
         parts += [f"One client, one image: p50 {budget['p50']:.1f} ms (not split: no " + ", ".join(budget["missing"]) + ").", ""]
     rows = []
@@ -364,8 +424,7 @@ def _time_section(results: dict) -> list[str]:
         used, parts_alone = cpu_per_image(results, service["levels"][0])
         parts += ["CPU time per image (ms), all cores together: the service's processes, and the same work done by the "
                   "parts alone (engine at the level's batch, decode, the floor's server and load generator at the same "
-                  "level). The difference is what the service adds: the hop to the inference service, batching, "
-                  "serialisation.", "",
+                  "level). The difference is what the service adds: batching, threads, serialisation.", "",
                   _table(["clients x images", *used, "service total", *(f"alone: {k}" for k in parts_alone),
                           "parts alone total"], rows), ""]
     return parts
@@ -376,8 +435,7 @@ def cpu_per_image(results: dict, level: dict) -> tuple[dict[str, float], dict[st
     per_request = level["images_per_request"]
     cpu = level["server_cpu_ms_per_request"]
     used = {"load generator": (level["client_cpu_ms_per_request"] or 0.0) / per_request,
-            "public service": cpu.get("worker:image_classifier", 0.0) / per_request,
-            "inference service": cpu.get("worker:inference", 0.0) / per_request}
+            "service worker": cpu.get("worker:image_classifier", 0.0) / per_request}
     floor = _level(results.get("floor"), level["concurrency"], per_request)
     if not (floor and results.get("engine") and results.get("decode")):
         return used, {}
@@ -602,4 +660,12 @@ def summary_lines(results: dict) -> str:
     for target in results.get("targets", []):
         verdict = target.get("verdict") or VERDICTS[target["met"]]
         lines.append(f"{verdict.upper() if verdict == 'missed' else verdict:12s} {target['target']}: {target['measured']}")
+    for row in results.get("peer_comparison", []):
+        ours, theirs = row["service"], row["triton"]
+        lines.append(f"{'vs Triton':12s} {row['concurrency']} clients x {row['images_per_request']} images: {_f(row['ratio'], 2, 'x')} "
+                     f"({ours['images_per_s']:.1f} vs {theirs['images_per_s']:.1f} images/s; {row['configuration']}), CPU "
+                     f"{ours['cpu_ms_per_image']:.1f} vs {theirs['cpu_ms_per_image']:.1f} ms/image, p99 {_f(ours['p99_ms'])} vs "
+                     f"{_f(theirs['p99_ms'])} ms, errors {ours['errors']} vs {theirs['errors']}")
+    if results.get("top1_agreement"):
+        lines.append(f"{'top-1':12s} " + _agreement_text(results["top1_agreement"]).replace("**", ""))
     return "\n".join(lines)

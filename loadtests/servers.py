@@ -1,5 +1,5 @@
 """Server processes for the benchmark and the tests: an HTTP server command (`bentoml serve`, the
-naive Keras server) in its own process group on a free port, its output in a log file, and what it
+naive Keras server, Triton through PyTriton) in its own process group on a free port, its output in a log file, and what it
 reports: readiness, the CPU time of its process tree, and its Prometheus /metrics.
 """
 
@@ -32,11 +32,12 @@ class Server:
     """`command --host 127.0.0.1 --port N` in a subprocess; ready when GET `ready_path` answers 200."""
 
     def __init__(self, command: list[str], env: dict[str, str], log_path: Path, cwd: Path = REPO,
-                 ready_path: str = "/readyz") -> None:
+                 ready_path: str = "/readyz", metrics_url: str | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.ready_path = ready_path
+        self.metrics_url = metrics_url or self.url + "/metrics"  # Triton serves them on a port of their own
         self._log = log_path.open("w")
         self.process = subprocess.Popen(
             [*command, "--host", "127.0.0.1", "--port", str(self.port)],
@@ -63,7 +64,7 @@ class Server:
         raise RuntimeError(f"{self.process.args[2]} not ready after {timeout} s:\n{self.log()[-5000:]}")
 
     def processes(self) -> list[psutil.Process]:
-        """The server's process and all its descendants (BentoML's workers, the inference service)."""
+        """The server's process and all its descendants (BentoML's workers)."""
         with contextlib.suppress(psutil.NoSuchProcess):
             root = psutil.Process(self.process.pid)
             return [root, *root.children(recursive=True)]
@@ -80,7 +81,7 @@ class Server:
         return used
 
     def metrics(self) -> str:
-        return requests.get(self.url + "/metrics", timeout=30).text
+        return requests.get(self.metrics_url, timeout=30).text
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -94,8 +95,16 @@ class Server:
 
 
 def process_role(cmdline: list[str]) -> str:
-    """What a process of a server tree does: BentoML names each service's workers on their command line."""
+    """What a process of a server tree does: BentoML names each service's workers on their command
+    line; Triton's tree is PyTriton's process (the model's Python callables), `tritonserver` and a
+    Python backend stub per model instance."""
     text = " ".join(cmdline)
+    if "triton_python_backend_stub" in text:
+        return "triton:python backend stub"
+    if cmdline and Path(cmdline[0]).name == "tritonserver":
+        return "triton:tritonserver"
+    if "loadtests.triton_peer" in text:
+        return "triton:pytriton callables"
     if "_bentoml_impl.worker.service" in text:
         match = re.search(r"--service-name[ =](\S+)", text)
         return f"worker:{match.group(1)}" if match else "worker"
@@ -142,14 +151,7 @@ def metric_value(text: str, name: str, **labels: str) -> float:
     return total
 
 
-def inference_api(model: str) -> str:
-    """The inference service's batchable API for a model (service.service.api_name, without importing
-    the service module, which loads the models)."""
-    return "infer_" + re.sub(r"[^a-z0-9_]", "_", model)
-
-
 def adaptive_batches(metrics: str, model: str) -> tuple[float, float]:
-    """(calls, images) of the model's batchable API in BentoML's adaptive_batch_size histogram."""
-    method = inference_api(model)
-    return (metric_value(metrics, "bentoml_service_adaptive_batch_size_count", method_name=method),
-            metric_value(metrics, "bentoml_service_adaptive_batch_size_sum", method_name=method))
+    """(batches, images) of the model's batching queue so far: imgcls_batch_size_images' count and sum."""
+    return (metric_value(metrics, "imgcls_batch_size_images_count", model=model),
+            metric_value(metrics, "imgcls_batch_size_images_sum", model=model))

@@ -1,4 +1,4 @@
-"""ONNX Runtime sessions: the inference stage of the inference process, one session per model.
+"""ONNX Runtime sessions: the inference stage of each worker, one session per model.
 
 Provider choice: CUDAExecutionProvider when this ONNX Runtime build has it and a session on it
 really works (a warm-up inference succeeds), else CPUExecutionProvider. ONNX Runtime falls back
@@ -11,7 +11,7 @@ worker starts: a model ONNX Runtime refuses, or whose outputs break the contract
 server there with one line (a worker failing later would only leave it up and never ready).
 
 Threads: intra-op threads = the cores this process may use less one (SERVICE_INFERENCE_THREADS), one
-inter-op thread, and no spin-waiting: the public service's workers decode images on the same
+inter-op thread, and no spin-waiting: the workers' decoding threads run on the same
 cores, and a spinning ONNX Runtime pool would steal their time between batches.
 """
 

@@ -51,7 +51,7 @@ STATUS = {
     Reason.UNAVAILABLE: 503,
 }
 # Seconds a client should wait before retrying a 503: a full batching queue drains within a
-# second; a restarting inference process loads and warms its models first.
+# second; a worker still loading its models first loads and warms them.
 RETRY_AFTER = {Reason.OVERLOADED: "1", Reason.UNAVAILABLE: "5"}
 
 

@@ -14,9 +14,9 @@ model's input, which is the whole image resized), coloured with the Turbo colour
 the image, more opaque where the heat is higher, and encoded as PNG.
 
 A request's stages (POST /explain):
-    inference process   `infer`: model.onnx, gradcam.onnx on its feature map, then every class's
-                        heatmap [N, classes, h, w] (small: the feature map never leaves the process)
-    public process      `class_index` (the predicted class, or the label asked for), then
+    explain queue       `infer`, a batch at a time: model.onnx, gradcam.onnx on its feature map, then
+                        every class's heatmap [N, classes, h, w]
+    the request         `class_index` (the predicted class, or the label asked for), then
                         `overlay_png`: upsample, colour, overlay, PNG; `centres(manifest)` once per model
 A package exported before Grad-CAM was added has no gradcam.onnx: `gradcam_file(manifest)` is None.
 """

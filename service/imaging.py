@@ -74,18 +74,22 @@ def resize_bilinear(image: np.ndarray, height: int, width: int, orientation: int
     Same arithmetic as TensorFlow's ResizeBilinear kernel with half-pixel centres, in float32:
     source coordinate (i + 0.5) * scale - 0.5, neighbours clamped to the edges.
 
-    Only the source pixels the output samples (2 rows and 2 columns per output pixel) are gathered,
-    from the image as stored: the EXIF orientation maps the indices of the image as shown to the
-    stored rows and columns, so that the gathers copy whole rows and pixels, and only those samples
-    are converted to float32. Turning a 12-megapixel photo (orientation 6) cost 70 ms and converting
-    it whole 23 ms; now the resize takes 1-2 ms. Each output value is computed from the same
-    neighbours with the same operations as before, so the result is the same, bit for bit.
+    Only the source pixels the output samples are gathered, from the image as stored: the EXIF
+    orientation maps the indices of the image as shown to the stored rows and columns, so that the
+    gathers copy whole rows and pixels, and only those samples are converted to float32 (turning a
+    12-megapixel photo first, or converting it whole, cost tens of milliseconds). Each source row
+    the output samples is interpolated along x once, however many output rows use it (upsampling
+    uses most rows twice), then pairs of those rows along y. Each output value is computed from the
+    same neighbours with the same float32 operations in the same order as TensorFlow's kernel, so
+    the result is the same, bit for bit (tests/test_service_imaging.py).
     """
     transpose, flip_rows, flip_columns = _ORIENTATIONS.get(orientation, _ORIENTATIONS[1])
     shown_height, shown_width = image.shape[1::-1] if transpose else image.shape[:2]
     y_low, y_high, y_lerp = _interpolation(shown_height, height)
     x_low, x_high, x_lerp = _interpolation(shown_width, width)
-    rows, columns = np.concatenate([y_low, y_high]), np.concatenate([x_low, x_high])
+    # The distinct source rows the output samples, and where each output row's two neighbours are among them.
+    rows, neighbours = np.unique(np.concatenate([y_low, y_high]), return_inverse=True)
+    columns = np.concatenate([x_low, x_high])
     if flip_rows:
         rows = shown_height - 1 - rows
     if flip_columns:
@@ -94,18 +98,18 @@ def resize_bilinear(image: np.ndarray, height: int, width: int, orientation: int
         samples = _gather(image, columns, rows).transpose(1, 0, 2)
     else:
         samples = _gather(image, rows, columns)
-    samples = samples.astype(np.float32)  # [2 * height, 2 * width, C]: top rows, then bottom rows
+    samples = samples.astype(np.float32)  # [rows, 2 * width, C]: the left neighbours, then the right ones
     left, right = samples[:, :width], samples[:, width:]
-    # top and bottom = left + (right - left) * x_lerp, in place
+    # along x: left + (right - left) * x_lerp, in place
     right -= left
     right *= x_lerp[None, :, None]
     right += left
-    top, bottom = right[:height], right[height:]
-    # top + (bottom - top) * y_lerp
+    top, bottom = right[neighbours[:height]], right[neighbours[height:]]
+    # along y: top + (bottom - top) * y_lerp
     bottom -= top
     bottom *= y_lerp[:, None, None]
     bottom += top
-    return np.ascontiguousarray(bottom)
+    return bottom
 
 
 # EXIF orientation -> (transposed, then rows flipped, columns flipped): what `orient` does.

@@ -54,22 +54,24 @@ MODEL_INFO = Gauge(
     "model_info", "Served model version and the ONNX Runtime execution provider it runs on",
     ["model", "version", "provider"], namespace=NAMESPACE, multiprocess_mode="livemax",
 )
-
-# Saturation and where a request's time goes (issue 17). The HPA scales on in-flight images.
+# How full the service is now: images admitted into a model's batching queue and not yet answered
+# (summed over workers; the HPA scales on it), and how long a request's images waited in that queue
+# before their batch began (service/batching.py records both).
 IN_FLIGHT = Gauge(
-    "requests_in_flight", "Images admitted and not yet answered, by model",
+    "requests_in_flight", "Images admitted to the model's batching queue and not yet answered",
     ["model"], namespace=NAMESPACE, multiprocess_mode="livesum",
 )
 QUEUE_WAIT_SECONDS = Histogram(
-    "queue_wait_seconds", "Time an image waits in its model's batching queue before its batch runs",
+    "queue_wait_seconds", "Time a request's images waited in their model's batching queue before their batch began",
     ["model"], namespace=NAMESPACE, buckets=_QUEUE_SECONDS,
 )
+# Where a request's time goes, end to end (service/observe.py records it).
 REQUEST_SECONDS = Histogram(
     "request_duration_seconds", "HTTP request duration, first byte in to last byte out, by endpoint and status class",
     ["endpoint", "status_class"], namespace=NAMESPACE, buckets=_REQUEST_SECONDS,
 )
 # SERVICE_MAX_LATENCY_MS, so that the queue-wait alert compares against the bound the service runs with.
 MAX_LATENCY_SECONDS = Gauge(
-    "max_latency_seconds", "SERVICE_MAX_LATENCY_MS in seconds: the longest an image may wait in a batching queue",
+    "max_latency_seconds", "SERVICE_MAX_LATENCY_MS in seconds: the longest a request may wait in a batching queue",
     namespace=NAMESPACE, multiprocess_mode="livemax",
 )

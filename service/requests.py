@@ -3,11 +3,15 @@
 Two layers, both answering in the shape of errors.py:
 - RequestGuard, an ASGI middleware, refuses a wrong content type (415) or a body over
   SERVICE_MAX_BODY_BYTES (413) before BentoML reads the body.
-- The input specs (ClassifyInput, FeaturesInput, ExplainInput) parse the multipart form themselves first, to
-  refuse unknown fields, a missing `images` field, too many images, text where a file belongs
-  (which BentoML would otherwise take for a URL to download) and a file where text belongs, then
-  validate the values' types: pydantic's refusals (int_parsing, bool_parsing, literal_error, ...)
-  become `invalid_field`, with pydantic's message.
+- The input specs (`input_specs(max_images)` makes ClassifyInput, FeaturesInput and ExplainInput for
+  the configured limit) parse the multipart form themselves first, to refuse unknown fields, a
+  missing `images` field, too many images, text where a file belongs (which BentoML would otherwise
+  take for a URL to download) and a file where text belongs, then validate the values' types:
+  pydantic's refusals (int_parsing, bool_parsing, literal_error, ...) become `invalid_field`, with
+  pydantic's message.
+
+The API functions get each image as the bytes of its file, read from the form in memory: a file's
+name (the client's to choose) is never used for anything, and no file is written to disk for it.
 """
 
 from __future__ import annotations
@@ -38,12 +42,13 @@ def _form_limits_error(message: str, max_images: int) -> Rejection:
 
 
 class ImagesInput(bentoml.IODescriptor):
-    """The fields every image endpoint takes. Subclasses add their options."""
+    """The fields every image endpoint takes. Subclasses add their options; input_specs sets the limit."""
 
     model_config = ConfigDict(extra="forbid")
-    # Set by service.py from the settings, before the first request.
-    max_images: ClassVar[int] = 16
+    max_images: ClassVar[int]
 
+    # Declared as files (Path) for BentoML's OpenAPI page and multipart handling; from_http_request
+    # gives the API the files' bytes.
     images: list[Path] = Field(description="One or more image files (JPEG, PNG, WebP, BMP; the first frame of a GIF), "
                                            "each a multipart part named `images`.")
     model: str = Field(default="", description="Model to use (GET /models lists them); empty: the default model.")
@@ -59,11 +64,14 @@ class ImagesInput(bentoml.IODescriptor):
         if problem is not None:
             raise problem.validation_error(title)
         try:
-            return cls.model_validate(cls._values(form))
+            parsed = cls.model_validate({**cls._values(form), "images": []})
         except ValidationError as err:
             raise Rejection.validation_errors(title, [
                 Rejection(Reason.INVALID_FIELD, error["msg"], error["loc"]) for error in err.errors(include_input=False)
             ]) from None
+        # Unvalidated by design: the files' bytes, decoded and checked by service/imaging.py.
+        parsed.images = [await upload.read() for upload in form.getlist("images")]
+        return parsed
 
     @classmethod
     def _values(cls, form) -> dict:
@@ -73,8 +81,7 @@ class ImagesInput(bentoml.IODescriptor):
         values = {}
         for key in form:
             if key in cls.multipart_fields:
-                values[key] = form.getlist(key)  # files, checked by _form_problem
-                continue
+                continue  # files, checked by _form_problem, read by from_http_request
             text = form[key]
             try:
                 values[key] = json.loads(text)
@@ -116,6 +123,12 @@ class ExplainInput(ImagesInput):
     format: Literal["", "json", "png"] = Field(
         default="", description="png: the overlay alone, as image/png; json: the probabilities and the overlay (base64 PNG); "
                                 "empty: png if the Accept header asks for image/png, else json.")
+
+
+def input_specs(max_images: int) -> tuple[type[ClassifyInput], type[FeaturesInput], type[ExplainInput]]:
+    """The input specs of /classify, /features and /explain, taking at most `max_images` files."""
+    return tuple(type(spec.__name__, (spec,), {"max_images": max_images, "__module__": __name__})
+                 for spec in (ClassifyInput, FeaturesInput, ExplainInput))
 
 
 class RequestGuard:

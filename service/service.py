@@ -1,25 +1,22 @@
-"""The BentoML services: `bentoml serve service.service:ImageClassifier`.
+"""The BentoML service: `bentoml serve service.service:ImageClassifier`.
 
-A request, end to end:
-  POST /classify (ImageClassifier, the public service)
-    requests.RequestGuard       content type, body size
-    requests.ClassifyInput      form fields, file count
-    _preprocess                 imaging.picture_and_input per image, in a thread -> float32 [n, H, W, C]
-    _infer                      Inference.infer_<model>: BentoML's adaptive batching gathers the
-                                arrays of concurrent requests for that model into one batch,
-                                engine.Model.run runs ONNX Runtime on it
-    _classifications            probabilities -> labels and top-k (/features: _embeddings)
+A request, end to end, all in the worker that accepted it:
+  POST /classify
+    requests.RequestGuard        content type, body size (ASGI middleware, before the body is read)
+    requests.ClassifyInput       form fields, file count; each file's bytes, in memory
+    _decode                      imaging.picture_and_input per image, in a thread -> float32 [n, H, W, C]
+    inference.Inference.infer    the model's batching queue (batching.BatchQueue: BentoML's adaptive
+                                 batcher gathers the images of concurrent requests into one batch) ->
+                                 engine.Model.run: ONNX Runtime, in a thread
+    responses.classifications    probabilities -> labels and top-k (/features: responses.embeddings)
   -> JSON, one entry per image
-POST /explain takes the same path with one image, through Inference.explain_<model> (model.onnx,
-then gradcam.onnx on its feature map: every class's heatmap), and explain.overlay_png draws the
-chosen class's heatmap over the picture.
+POST /explain takes the same path with one image, through Inference.explain (model.onnx, then
+gradcam.onnx on its feature map: every class's heatmap, in the model's explain queue), and
+explain.overlay_png draws the chosen class's heatmap over the picture.
 
-Why two services: BentoML batches only calls that reach a batchable API over HTTP, so the
-ONNX Runtime sessions live in their own service (one process) with one batchable API per model
-and kind (infer, explain): each has its own batching queue, so one model's batch never waits
-behind another's (the service has a thread per batchable API: BATCH_APIS). Decoding stays in the
-public service, outside the batched call. A call the inference service sheds or cannot answer is
-a 503 (`overloaded`, `unavailable`), never a 500.
+Each worker (SERVICE_WORKERS) holds its own sessions and queues; decoding, batching and inference
+never leave it, so no image crosses between processes. Refusals are 4xx with the JSON body of
+errors.py; a full queue is 503 `overloaded`, an engine failure 503 `unavailable`.
 """
 
 from __future__ import annotations
@@ -27,23 +24,22 @@ from __future__ import annotations
 import base64
 import gc
 import logging
-import re
+import threading
 import time
-from pathlib import Path
 
 import anyio
 import bentoml
 import numpy as np
-from bentoml.exceptions import ServiceUnavailable
 from fastapi import FastAPI
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from starlette.responses import Response
 
-from . import engine, explain, imaging, metrics, observe, registry, settings
+from . import engine, explain, imaging, metrics, observe, registry, responses, settings, shutdown
 from .errors import Reason, Rejection
+from .inference import Inference, explainable
 from .registry import ModelError, ModelPackage
-from .requests import ClassifyInput, ExplainInput, FeaturesInput, ImagesInput, RequestGuard
-from .responses import fix_media_types
+from .requests import RequestGuard, input_specs
+from .responses import Classification, Embedding, Explanation, ModelList, ModelSummary
 from .settings import SettingsError
 
 log = logging.getLogger("bentoml.image_classifier")
@@ -69,17 +65,16 @@ def _configure() -> tuple[settings.Settings, dict[str, ModelPackage]]:
 SETTINGS, PACKAGES = _configure()
 # Where each model's feature-map positions lie on the image, for drawing its heatmaps.
 CENTRES = {name: explain.centres(package.manifest) for name, package in PACKAGES.items()}
-ImagesInput.max_images = SETTINGS.max_images_per_request
+ClassifyInput, FeaturesInput, ExplainInput = input_specs(SETTINGS.max_images_per_request)
 
 
 class _ExpectedRefusals(logging.Filter):
-    """BentoML logs a traceback at ERROR level for each request whose fields fail validation and
-    for each call its batcher sheds under overload. Those are refusals by design, answered 400 or
-    503, shown in the access log and counted in imgcls_rejected_requests_total; the error log is
-    for the server's own failures."""
+    """BentoML logs a traceback at ERROR level for each request whose fields fail validation. Those
+    are refusals by design, answered 400, shown in the access log and counted in
+    imgcls_rejected_requests_total; the error log is for the server's own failures."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], (ValidationError, ServiceUnavailable)))
+        return not (record.exc_info and isinstance(record.exc_info[1], ValidationError))
 
 
 logging.getLogger("bentoml._internal.server.http_app").addFilter(_ExpectedRefusals())
@@ -93,152 +88,6 @@ def _settle_garbage_collector() -> None:
     gc.freeze()
 
 
-def api_name(model: str, kind: str = "infer") -> str:
-    """The inference service's API of a model (`infer_<model>`, `explain_<model>`): a Python name
-    (model names may hold '-' and '.')."""
-    return f"{kind}_" + re.sub(r"[^a-z0-9_]", "_", model)
-
-
-def explainable(package: ModelPackage) -> bool:
-    """Whether the package has the Grad-CAM graph /explain needs (packages exported before it came have not)."""
-    return explain.gradcam_file(package.manifest) is not None
-
-
-# --- the inference service: ONNX Runtime sessions and one batchable API per model -----------------
-
-
-class _Inference:
-    """ONNX Runtime sessions for every configured model, loaded and warmed before the service is ready."""
-
-    def __init__(self) -> None:
-        try:
-            self.engine = engine.Engine(PACKAGES, threads=SETTINGS.inference_threads, require_gpu=SETTINGS.require_gpu)
-        except ModelError as err:  # CUDA failing only now, in this process: it stays down, never ready
-            log.error("cannot start: %s", err)
-            raise SystemExit(1) from None
-        _settle_garbage_collector()
-
-    def __is_ready__(self) -> bool:
-        return self.engine.ready
-
-    @bentoml.api
-    async def providers(self) -> dict[str, str]:
-        """The execution provider each model runs on (async: a dict read, no thread of the batches' budget)."""
-        return self.engine.providers()
-
-
-def _batch_api(model: str, kind: str, outputs: tuple[str, str]):
-    """A batchable API of `model` answering `outputs`, the two arrays Model.run (kind "infer") or
-    Model.explain (kind "explain") gives for a batch of images [N, H, W, C], float32 0-255."""
-    def api(self, images: np.ndarray) -> np.ndarray:
-        start = time.perf_counter()  # provisional: the core records this (issue 12)
-        arrays = getattr(self.engine.models[model], "run" if kind == "infer" else kind)(images)
-        # One array per image holding both outputs: BentoML splits the batch's result by rows.
-        result = np.empty(len(images), dtype=[(name, np.float32, array.shape[1:]) for name, array in zip(outputs, arrays)]
-                          + [("onnx_seconds", np.float32)])  # provisional: the core records this (issue 12)
-        for name, array in zip(outputs, arrays):
-            result[name] = array
-        result["onnx_seconds"] = time.perf_counter() - start  # provisional: the core records this (issue 12)
-        return result
-
-    api.__name__ = api_name(model, kind)
-    api.__doc__ = f"Model {model}: {' and '.join(outputs)} for a batch of images [N, H, W, C], float32 0-255."
-    return bentoml.api(batchable=True, batch_dim=0, max_batch_size=SETTINGS.max_batch_size,
-                       max_latency_ms=SETTINGS.max_latency_ms)(api)
-
-
-for _name in PACKAGES:
-    if hasattr(_Inference, api_name(_name)):
-        raise SystemExit(f"error: cannot start: model names {_name!r} and another map to the same API {api_name(_name)}")
-    setattr(_Inference, api_name(_name), _batch_api(_name, "infer", ("probabilities", "features")))
-    if explainable(PACKAGES[_name]):
-        setattr(_Inference, api_name(_name, "explain"), _batch_api(_name, "explain", ("probabilities", "heatmaps")))
-    # Class-level model references (the versions found above): `bentoml build` packs them into the bento.
-    setattr(_Inference, f"{api_name(_name)}_package", bentoml.models.BentoModel(f"{_name}:{PACKAGES[_name].version}"))
-
-# BentoML runs every sync API call of a service, batched or not, in threads drawn from one
-# anyio.CapacityLimiter of `threads` (_bentoml_impl/server/app.py, _to_thread), and each batchable
-# API's dispatcher has at most one batch in flight (CorkDispatcher, a semaphore of 1). So a thread
-# per batchable API (infer_<m>, and explain_<m> where the package can explain) lets every model's
-# infer and explain batches run at once: no batch waits for a thread behind another model's or
-# behind a slow Grad-CAM batch. `providers` is async and takes none.
-BATCH_APIS = [api_name(name, kind) for name, package in PACKAGES.items() for kind in ("infer", "explain")
-              if kind == "infer" or explainable(package)]
-
-# Shorter than the request's timeout: a call the inference service does not answer in time (a
-# batch stuck, the process restarting) fails in the public service, which answers 503
-# `unavailable` and logs it, before the public service's own timeout would answer BentoML's bare 504.
-# (BentoML's client to it waits this plus 1%.)
-INFERENCE_TIMEOUT_S = 0.9 * SETTINGS.timeout_s
-
-Inference = bentoml.service(
-    name="inference",
-    workers=1,
-    threads=len(BATCH_APIS),
-    traffic={"timeout": INFERENCE_TIMEOUT_S},
-    # The public service's client to this one would otherwise replace its connection session every
-    # 100 calls, closing it under calls still in flight (BentoML 1.4.30+, proxy2.SessionManager):
-    # those fail with "Server disconnected". A local socket needs no rotation.
-    runner_connection={"max_requests": 2**62, "max_age": 10.0**12},
-    # Its callers are the public service's workers: their requests are logged and traced there.
-    # An access log line and a tracing span for each internal call cost 10% of this process's
-    # busy time (py-spy, docs/benchmarks.md); BentoML's metrics still count the calls.
-    logging={"access": {"enabled": False}},
-    tracing={"excluded_urls": [f"/{api}" for api in BATCH_APIS]},
-)(_Inference)
-
-
-# --- the public service ----------------------------------------------------------------------------
-
-
-class LabelProbability(BaseModel):
-    label: str
-    probability: float
-
-
-class Classification(BaseModel):
-    label: str
-    probability: float
-    top_k: list[LabelProbability]
-    model: str
-    version: str
-
-
-class Embedding(BaseModel):
-    embedding: list[float]
-    dim: int
-    model: str
-    version: str
-
-
-class Explanation(BaseModel):
-    label: str
-    probability: float
-    probabilities: dict[str, float]
-    explained: str
-    heatmap_png: str
-    model: str
-    version: str
-
-
-class ModelSummary(BaseModel):
-    name: str
-    version: str
-    default: bool
-    recipe: str | None
-    classes: list[str]
-    input: dict[str, int | str]
-    test_accuracy: float | None
-    evaluated_on: str | None
-    created_at: str | None
-    provider: str
-
-
-class ModelList(BaseModel):
-    default_model: str
-    models: list[ModelSummary]
-
-
 # GET routes beside BentoML's POST APIs; BentoML merges their OpenAPI paths into its own.
 http = FastAPI(title="models", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -248,9 +97,12 @@ http = FastAPI(title="models", docs_url=None, redoc_url=None, openapi_url=None)
 class ImageClassifier:
     """Image classification and feature extraction with the exported Keras models."""
 
-    inference = bentoml.depends(Inference)
-
     def __init__(self) -> None:
+        # The models load in a thread, so that the worker answers meanwhile: /livez 200, /readyz 503,
+        # and requests 503 `unavailable` with Retry-After, until every model is loaded and warmed.
+        self._inference: Inference | None = None
+        threading.Thread(target=self._load_models, name="load-models", daemon=True).start()
+        shutdown.drain_within(SETTINGS.shutdown_grace_s)
         # Decoding and resizing run in threads (Pillow, libjpeg and numpy release the GIL), one per core.
         self.decode_limiter = anyio.CapacityLimiter(settings.cpu_count())
         metrics.MAX_LATENCY_SECONDS.set(SETTINGS.max_latency_ms / 1000)
@@ -261,10 +113,27 @@ class ImageClassifier:
                 metrics.IMAGES.labels(model=name, endpoint=endpoint)
             for label in package.classes:
                 metrics.PREDICTIONS.labels(model=name, label=label)
+            metrics.IN_FLIGHT.labels(model=name)
+
+    def _load_models(self) -> None:
+        try:
+            self._inference = Inference(PACKAGES, SETTINGS)
+        except ModelError as err:  # CUDA failing only now, in this worker: it stays up, never ready
+            log.error("cannot start: %s", err)
+            return
         _settle_garbage_collector()
 
+    async def __is_ready__(self) -> bool:
+        return self._inference is not None
+
+    @property
+    def inference(self) -> Inference:
+        if self._inference is None:
+            raise Rejection(Reason.UNAVAILABLE, "the models are still loading; retry later")
+        return self._inference
+
     @bentoml.api(route="/classify", input_spec=ClassifyInput)
-    async def classify(self, images: list[Path], model: str, top_k: int) -> list[Classification]:
+    async def classify(self, images: list[bytes], model: str, top_k: int) -> list[Classification]:
         """Classify each image: the most probable label, its probability and the `top_k` most probable labels."""
         try:
             package = self._package(model)
@@ -272,23 +141,25 @@ class ImageClassifier:
                 raise Rejection(Reason.TOP_K_OUT_OF_RANGE,
                                 f"must be between 1 and {len(package.classes)} (the classes of model {package.name}), not {top_k}",
                                 ("top_k",))
-            outputs = await self._infer(package, await self._preprocess(package, images), "classify")
+            rows = await self.inference.infer(package.name, await self._decode_all(package, images))
         except Rejection as rejection:
             return rejection.response()
-        return self._classifications(package, outputs["probabilities"], top_k)
+        metrics.IMAGES.labels(model=package.name, endpoint="classify").inc(len(rows))
+        return responses.classifications(package, rows["probabilities"], top_k)
 
     @bentoml.api(route="/features", input_spec=FeaturesInput)
-    async def features(self, images: list[Path], model: str, normalize: bool) -> list[Embedding]:
+    async def features(self, images: list[bytes], model: str, normalize: bool) -> list[Embedding]:
         """The model's feature vector (global average pooling of its last convolution block) for each image."""
         try:
             package = self._package(model)
-            outputs = await self._infer(package, await self._preprocess(package, images), "features")
+            rows = await self.inference.infer(package.name, await self._decode_all(package, images))
         except Rejection as rejection:
             return rejection.response()
-        return self._embeddings(package, outputs["features"], normalize)
+        metrics.IMAGES.labels(model=package.name, endpoint="features").inc(len(rows))
+        return responses.embeddings(package, rows["features"], normalize)
 
     @bentoml.api(route="/explain", input_spec=ExplainInput)
-    async def explain(self, images: list[Path], model: str, label: str, format: str, ctx: bentoml.Context) -> Explanation:
+    async def explain(self, images: list[bytes], model: str, label: str, format: str, ctx: bentoml.Context) -> Explanation:
         """Where in the image the evidence for a class lies (Grad-CAM): the class probabilities and the
         heatmap of the predicted class (or of `label`) over the image, as a base64 PNG or as image/png."""
         try:
@@ -302,11 +173,12 @@ class ImageClassifier:
                 raise Rejection(Reason.UNKNOWN_LABEL, f"unknown label {label!r}; the classes of model {package.name}: "
                                                       f"{', '.join(package.classes)}", ("label",))
             picture, tensor = await anyio.to_thread.run_sync(self._decode, package, images[0], limiter=self.decode_limiter)
-            row = (await self._infer(package, tensor[None], "explain", api_name(package.name, "explain")))[0]
+            row = (await self.inference.explain(package.name, tensor[None]))[0]
         except Rejection as rejection:
             # With a context parameter, BentoML gives any returned response the context's status.
             ctx.response.status_code = rejection.status
             return rejection.response()
+        metrics.IMAGES.labels(model=package.name, endpoint="explain").inc()
         top = int(np.argmax(row["probabilities"]))
         # A top-1 prediction as /classify counts them, whether it is sent (JSON) or only drawn (PNG).
         metrics.PREDICTIONS.labels(model=package.name, label=package.classes[top]).inc()
@@ -324,7 +196,7 @@ class ImageClassifier:
     async def models(self) -> ModelList:
         """Every served model: version, classes, input size, recipe, test accuracy and execution provider."""
         try:
-            providers = await self._call_inference("providers")
+            providers = self.inference.providers()
         except Rejection as rejection:
             return rejection.response()
         return ModelList(default_model=SETTINGS.default_model, models=[
@@ -341,79 +213,30 @@ class ImageClassifier:
             raise Rejection(Reason.UNKNOWN_MODEL, f"unknown model {name!r}; served models: {', '.join(PACKAGES)}", ("model",))
         return PACKAGES[name]
 
-    async def _preprocess(self, package: ModelPackage, images: list[Path]) -> np.ndarray:
+    async def _decode_all(self, package: ModelPackage, images: list[bytes]) -> np.ndarray:
         """Decode, orient, convert and resize each file, in a thread: [n, H, W, C] float32 0-255."""
-        return await anyio.to_thread.run_sync(self._decode_all, package, images, limiter=self.decode_limiter)
+        def decode_all() -> np.ndarray:
+            return np.stack([self._decode(package, data, index)[1] for index, data in enumerate(images)])
 
-    async def _infer(self, package: ModelPackage, batch: np.ndarray, endpoint: str, api: str | None = None) -> np.ndarray:
-        """The model's outputs for the batch, one row per image, through its batching queue (`api`:
-        the inference service's API, by default the model's infer_<model>)."""
-        metrics.IN_FLIGHT.labels(model=package.name).inc(len(batch))  # provisional: the core records this (issue 12)
-        start = time.perf_counter()  # provisional: the core records this (issue 12)
-        try:
-            outputs = await self._call_inference(api or api_name(package.name), batch, model=package.name)
-        finally:
-            metrics.IN_FLIGHT.labels(model=package.name).dec(len(batch))  # provisional: the core records this (issue 12)
-        # provisional: the core records this (issue 12). A stand-in for the queue wait: the call's time less ONNX Runtime's.
-        wait = time.perf_counter() - start - float(outputs["onnx_seconds"][0])
-        for _ in range(len(batch)):  # provisional: the core records this (issue 12)
-            metrics.QUEUE_WAIT_SECONDS.labels(model=package.name).observe(wait)
-        metrics.IMAGES.labels(model=package.name, endpoint=endpoint).inc(len(batch))
-        return outputs
-
-    async def _call_inference(self, api: str, *args, model: str | None = None):
-        """The inference service's answer to `api(*args)`, or a 503 Rejection: `overloaded` when the
-        model's batching queue sheds the call, `unavailable` when the service does not answer (its
-        process restarting or stuck: a connection refused or dropped, a timeout; or its own error,
-        whose traceback it logs). Those are logged here in one line, without a traceback."""
-        try:
-            return await getattr(self.inference.to_async, api)(*args)
-        except ServiceUnavailable:
-            raise Rejection(Reason.OVERLOADED, f"{f'model {model}' if model else 'the inference service'} has more requests "
-                                               f"queued than it can answer within {SETTINGS.max_latency_ms} ms; retry later") from None
-        except Exception as err:
-            what = (str(err).splitlines() or [""])[0][:300] or (
-                f"no answer within {INFERENCE_TIMEOUT_S:g} s" if isinstance(err, TimeoutError) else "no message")
-            log.error("inference call %s failed: %s: %s", api, type(err).__name__, what)
-            raise Rejection(Reason.UNAVAILABLE, "the inference service did not answer (restarting or failing); "
-                                                "retry later") from None
-
-    @classmethod
-    def _decode_all(cls, package: ModelPackage, images: list[Path]) -> np.ndarray:
-        return np.stack([cls._decode(package, path, index)[1] for index, path in enumerate(images)])
+        return await anyio.to_thread.run_sync(decode_all, limiter=self.decode_limiter)
 
     @staticmethod
-    def _decode(package: ModelPackage, image: Path, index: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    def _decode(package: ModelPackage, data: bytes, index: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """The file images[index]: the picture as a person sees it (decoded, oriented) and the model's input tensor."""
         start = time.perf_counter()
         try:
-            shown, tensor = imaging.picture_and_input(image.read_bytes(), package.input, max_pixels=SETTINGS.max_image_pixels,
+            shown, tensor = imaging.picture_and_input(data, package.input, max_pixels=SETTINGS.max_image_pixels,
                                                       jpeg_reduce=SETTINGS.jpeg_reduce)
         except Rejection as rejection:
             raise rejection.at("images", index) from None
         metrics.PREPROCESS_SECONDS.labels(model=package.name).observe(time.perf_counter() - start)
         return shown, tensor
 
-    @staticmethod
-    def _classifications(package: ModelPackage, probabilities: np.ndarray, top_k: int) -> list[Classification]:
-        answers = []
-        for row in probabilities:
-            order = np.argsort(-row, kind="stable")[:top_k]
-            ranked = [LabelProbability(label=package.classes[i], probability=float(row[i])) for i in order]
-            metrics.PREDICTIONS.labels(model=package.name, label=ranked[0].label).inc()
-            answers.append(Classification(label=ranked[0].label, probability=ranked[0].probability, top_k=ranked,
-                                          model=package.name, version=package.version))
-        return answers
 
-    @staticmethod
-    def _embeddings(package: ModelPackage, features: np.ndarray, normalize: bool) -> list[Embedding]:
-        if normalize:
-            features = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
-        return [Embedding(embedding=row.tolist(), dim=len(row), model=package.name, version=package.version) for row in features]
-
-
+# The models this service serves, as found above: `bentoml build` packs them into the bento.
+ImageClassifier.models.extend(bentoml.models.BentoModel(f"{name}:{package.version}") for name, package in PACKAGES.items())
 # First, so that it is outside RequestGuard and times (and counts) its refusals too.
 ImageClassifier.add_asgi_middleware(observe.RequestDuration)
 ImageClassifier.add_asgi_middleware(RequestGuard, routes=("/classify", "/features", "/explain"),
                                     max_body_bytes=SETTINGS.max_body_bytes)
-fix_media_types(ImageClassifier, Inference)
+responses.fix_media_types(ImageClassifier)

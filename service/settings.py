@@ -49,6 +49,7 @@ class Settings:
     require_gpu: bool
     jpeg_reduce: bool
     timeout_s: int
+    shutdown_grace_s: int
 
     @property
     def model_names(self) -> tuple[str, ...]:
@@ -73,11 +74,13 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "SERVICE_MAX_IMAGES_PER_REQUEST": ("16", "most images in one request"),
     "SERVICE_MAX_IMAGE_PIXELS": ("40000000", "largest image accepted, in pixels (width x height), checked before decoding"),
     "SERVICE_MAX_BODY_BYTES": (str(32 << 20), "largest request body accepted, in bytes"),
-    "SERVICE_WORKERS": ("1", "worker processes of the public service (decoding, resizing, HTTP)"),
+    "SERVICE_WORKERS": ("1", "worker processes; each parses, decodes, batches and runs its own ONNX Runtime sessions"),
     "SERVICE_INFERENCE_THREADS": ("", "ONNX Runtime intra-op threads per model (default: the cores this process may use, "
-                                      "less one for the public service's decoding; at least 1)"),
+                                      "less one for decoding; at least 1)"),
     "SERVICE_JPEG_REDUCE": ("0", "1: decode JPEGs at least 4x the model input at reduced scale: faster, but not as training did"),
     "SERVICE_TIMEOUT_S": ("60", "longest a request may take, end to end"),
+    "SERVICE_SHUTDOWN_GRACE_S": ("25", "on SIGTERM, longest a worker goes on answering the requests it holds before it exits "
+                                       "(below Kubernetes' default 30 s grace period)"),
     "REQUIRE_GPU": ("0", "1: refuse to start unless every model runs on CUDAExecutionProvider"),
 }
 
@@ -150,6 +153,7 @@ def load(environ: Mapping[str, str] | None = None, *, default_models: tuple[str,
         require_gpu=get("REQUIRE_GPU", _flag),
         jpeg_reduce=get("SERVICE_JPEG_REDUCE", _flag),
         timeout_s=get("SERVICE_TIMEOUT_S", _integer(1)),
+        shutdown_grace_s=get("SERVICE_SHUTDOWN_GRACE_S", _integer(0)),
     )
 
 

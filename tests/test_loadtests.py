@@ -50,7 +50,8 @@ def test_bench_runs_every_stage_and_writes_a_well_formed_report(tmp_path, export
             assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"], (stage, latency)
     for level in results["service"]["levels"] + results["service_compared"][0]["levels"]:
         assert 1 <= level["server"]["mean_batch"] <= 2 * level["images_per_request"]
-        assert level["server_cpu_ms_per_request"]["worker:inference"] > 0
+        assert level["server_cpu_ms_per_request"]["worker:image_classifier"] > 0
+        assert level["server"]["queue_wait_ms_per_image"] is not None
     # The ceiling is below each of its three terms, for every level.
     assert {(r["concurrency"], r["images_per_request"]) for r in results["ceiling"]} == LEVELS
     for row in results["ceiling"]:

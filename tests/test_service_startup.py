@@ -24,7 +24,7 @@ from service.settings import ModelRef, SettingsError
 import requests
 
 from loadtests.servers import REPO, Server, serve_env
-from tests.service_helpers import RGB_MODEL, register
+from tests.service_helpers import JPEG_SAMPLE, RGB_MODEL, register
 
 # --- settings -----------------------------------------------------------------------------------------
 
@@ -199,11 +199,12 @@ def test_bentoml_serve_stops_at_once_with_one_line(tmp_path):
 
 
 def test_not_ready_until_every_model_is_loaded_and_warmed(tmp_path):
-    """/readyz answers 200 only once the inference process has loaded and warmed every model.
+    """/readyz answers 503 at once, /livez 200 and requests 503 `unavailable` while the worker loads
+    and warms its models; 200 once every model is.
 
     To hold its start-up where it is, deterministically: the package names a Grad-CAM graph that
-    only the inference process's engine opens (after the model's own session and warm-up), and
-    that file is a FIFO, whose opening blocks until this test writes the graph into it."""
+    only the worker's engine opens (after the model's own session and warm-up), and that file is a
+    FIFO, whose opening blocks until this test writes the graph into it."""
     manifest = RGB_MODEL.manifest(RGB_MODEL.onnx_bytes())
     manifest["export"]["outputs"] = {**manifest["outputs"], "feature_map": {"shape": [None, 1, 1, 3]}}
     manifest["export"]["gradcam"] = {"onnx": {"path": "gradcam.onnx"}}
@@ -215,7 +216,7 @@ def test_not_ready_until_every_model_is_loaded_and_warmed(tmp_path):
     try:
         writer, answers = None, []
         deadline = time.monotonic() + 120
-        while writer is None:  # until the inference process opens the FIFO: it is then held there
+        while writer is None:  # until the worker's engine opens the FIFO: it is then held there
             assert time.monotonic() < deadline and server.process.poll() is None, server.log()
             try:
                 writer = os.open(gradcam, os.O_WRONLY | os.O_NONBLOCK)
@@ -225,13 +226,14 @@ def test_not_ready_until_every_model_is_loaded_and_warmed(tmp_path):
         while len(answers) < 3:
             try:
                 answers.append(requests.get(server.url + "/readyz", timeout=2).status_code)
-            except requests.Timeout:  # BentoML's /readyz waits for the inference process, which does not answer yet
-                answers.append("no answer")
-            except requests.ConnectionError:  # the public service not listening yet
+            except requests.ConnectionError:  # not listening yet
                 time.sleep(0.2)
             assert time.monotonic() < deadline, server.log()
-        assert 200 not in answers, answers
-        assert requests.get(server.url + "/livez", timeout=10).status_code == 200  # up, though not ready
+        assert answers == [503] * 3, answers
+        assert requests.get(server.url + "/livez", timeout=2).status_code == 200  # up, though not ready
+        refused = requests.post(server.url + "/classify", files=[("images", ("a.jpg", JPEG_SAMPLE, "image/jpeg"))], timeout=2)
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "5", refused.text
+        assert refused.json()["detail"][0]["type"] == "unavailable"
         os.set_blocking(writer, True)
         os.write(writer, RGB_MODEL.onnx_bytes())  # any ONNX graph: the engine only loads it
         os.close(writer)
