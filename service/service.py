@@ -34,7 +34,7 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from . import engine, explain, imaging, metrics, registry, responses, settings, shutdown, v2_routes
+from . import engine, explain, imaging, metrics, observe, registry, responses, settings, shutdown, v2_routes
 from .errors import Reason, Rejection
 from .inference import Inference, explainable
 from .registry import ModelError, ModelPackage
@@ -113,6 +113,7 @@ class ImageClassifier:
         shutdown.drain_within(SETTINGS.shutdown_grace_s)
         # Decoding and resizing run in threads (Pillow, libjpeg and numpy release the GIL), one per core.
         self.decode_limiter = anyio.CapacityLimiter(settings.cpu_count())
+        metrics.MAX_LATENCY_SECONDS.set(SETTINGS.max_latency_ms / 1000)
         for reason in Reason:
             metrics.REJECTED.labels(reason=reason.value)
         for name, package in PACKAGES.items():
@@ -246,6 +247,8 @@ class ImageClassifier:
 
 # The models this service serves, as found above: `bentoml build` packs them into the bento.
 ImageClassifier.models.extend(bentoml.models.BentoModel(f"{name}:{package.version}") for name, package in PACKAGES.items())
+# First, so that it is outside RequestGuard and times (and counts) its refusals too.
+ImageClassifier.add_asgi_middleware(observe.RequestDuration)
 ImageClassifier.add_asgi_middleware(RequestGuard, routes={**dict.fromkeys(("/classify", "/features", "/explain"), IMAGE_FORM),
                                                           v2_routes.INFER_ROUTE: v2_routes.INFER_BODY},
                                     max_body_bytes=SETTINGS.max_body_bytes)
