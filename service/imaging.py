@@ -32,6 +32,7 @@ your own images.
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -227,6 +228,26 @@ def decode_stored(data: bytes, channels: int, *, max_pixels: int,
         except Exception as err:  # truncated data, bad checksums, broken streams
             raise Rejection(Reason.CORRUPT_IMAGE, f"corrupt or truncated {image.format} image: {err}") from None
     return pixels, orientation if orientation in range(1, 9) else 1
+
+
+def image_pixels(source: bytes | os.PathLike) -> int:
+    """Width x height of a picture from its header, without decoding it (0 if no supported
+    decoder recognises it: decoding refuses it later). What admission.cost charges for."""
+    try:
+        if isinstance(source, bytes):
+            head = source[:30]
+        else:
+            with open(source, "rb") as f:
+                head = f.read(30)
+        if (canvas := formats.webp_canvas(head)) is not None:  # opening a WebP allocates its canvas
+            return canvas[0] * canvas[1]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=_DECODERS) as image:
+                width, height = image.size
+    except Exception:
+        return 0
+    return width * height
 
 
 def _check_pixels(width: int, height: int, max_pixels: int) -> None:
