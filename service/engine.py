@@ -59,13 +59,24 @@ def cuda_problem() -> str | None:
 
 
 def check(package: ModelPackage) -> None:
-    """Raise ModelError unless ONNX Runtime loads the model on the CPU and its outputs fit the manifest."""
+    """Raise ModelError unless ONNX Runtime loads every graph of the package on the CPU (model.onnx
+    and, for /explain, gradcam.onnx) and the model's outputs fit the manifest."""
+    _warm_up(package, _load(package, package.onnx_path))
+    gradcam = explain.gradcam_file(package.manifest)
+    if gradcam is not None:
+        session = _load(package, package.path / gradcam)
+        inputs, outputs = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
+        if inputs != [explain.GRADCAM_INPUT] or explain.GRADCAM_OUTPUT not in outputs:
+            raise ModelError(f"model {package.name}:{package.version}: {gradcam} must take {explain.GRADCAM_INPUT} and give "
+                             f"{explain.GRADCAM_OUTPUT}; it takes {inputs} and gives {outputs}")
+
+
+def _load(package: ModelPackage, path) -> ort.InferenceSession:
     try:
-        session = ort.InferenceSession(str(package.onnx_path), _session_options(1), providers=[CPU])
+        return ort.InferenceSession(str(path), _session_options(1), providers=[CPU])
     except Exception as err:  # ONNX Runtime refusing the file: not ONNX, truncated, bad graph
         raise ModelError(f"model {package.name}:{package.version}: ONNX Runtime cannot load "
-                         f"{package.onnx_path}: {str(err).splitlines()[0]}") from None
-    _warm_up(package, session)
+                         f"{path}: {(str(err).splitlines() or ['no message'])[0]}") from None
 
 
 def _warm_up(package: ModelPackage, session: ort.InferenceSession) -> None:

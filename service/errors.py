@@ -40,9 +40,15 @@ class Reason(str, Enum):
     TOO_MANY_PIXELS = "too_many_pixels"
     OVERLOADED = "overloaded"
     UNAVAILABLE = "unavailable"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    UNAUTHORIZED = "unauthorized"
 
 
 STATUS = {
+    Reason.NOT_FOUND: 404,
+    Reason.METHOD_NOT_ALLOWED: 405,
+    Reason.UNAUTHORIZED: 401,
     Reason.WRONG_CONTENT_TYPE: 415,
     Reason.UNSUPPORTED_FORMAT: 415,
     Reason.BODY_TOO_LARGE: 413,
@@ -53,16 +59,43 @@ STATUS = {
 # Seconds a client should wait before retrying a 503: a full batching queue drains within a
 # second; a worker still loading its models first loads and warms them.
 RETRY_AFTER = {Reason.OVERLOADED: "1", Reason.UNAVAILABLE: "5"}
+HEADERS = {Reason.UNAUTHORIZED: {"WWW-Authenticate": "Bearer"}}
+
+
+# The most characters of what a client sent that an answer quotes back (a 1 MB `model` value
+# must not come back as a 1 MB error), and the longest message any refusal has.
+QUOTE_LIMIT = 100
+MESSAGE_LIMIT = 1000
+
+
+def quoted(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """`value` (client input) as an error message quotes it: repr'd, at most `limit` characters of
+    it, the rest counted: 'aaaa...' (1048576 characters)."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def clipped(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """A message on one line of at most `limit` characters (for words of others: pydantic's,
+    starlette's, Pillow's, which may quote what the client sent)."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 class Rejection(Exception):
-    """A request the service refuses, with the reason, a one-line message and where the problem is."""
+    """A request the service refuses, with the reason, a one-line message and where the problem is.
+
+    Every message and location is clipped here, whoever wrote it: no refusal echoes more than a
+    bounded part of a request."""
 
     def __init__(self, reason: Reason, message: str, loc: Sequence[str | int] = ()) -> None:
+        message = clipped(message)
         super().__init__(message)
         self.reason = reason
         self.message = message
-        self.loc = tuple(loc)
+        self.loc = tuple(part if isinstance(part, int) else clipped(str(part), QUOTE_LIMIT) for part in loc)
 
     @property
     def status(self) -> int:
@@ -82,8 +115,11 @@ class Rejection(Exception):
         """The HTTP answer (counted)."""
         metrics.REJECTED.labels(reason=self.reason.value).inc()
         detail = {"type": self.reason.value, "loc": list(self.loc), "msg": self.message}
-        headers = {"Retry-After": RETRY_AFTER[self.reason]} if self.reason in RETRY_AFTER else None
-        return JSONResponse({"error": self._where() + self.message, "detail": [detail]}, status_code=self.status, headers=headers)
+        headers = dict(HEADERS.get(self.reason, {}))
+        if self.reason in RETRY_AFTER:
+            headers["Retry-After"] = RETRY_AFTER[self.reason]
+        return JSONResponse({"error": self._where() + self.message, "detail": [detail]}, status_code=self.status,
+                            headers=headers or None)
 
     def validation_error(self, title: str) -> ValidationError:
         """The same refusal as a pydantic ValidationError (counted), for code that BentoML runs

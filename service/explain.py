@@ -42,6 +42,10 @@ MIN_OPACITY, MAX_OPACITY = 0.25, 0.7
 SMALLEST_SIDE, LARGEST_SIDE = 256, 512
 
 
+# gradcam.onnx's input and output (docs/model-package.md); engine.check makes sure a package's has them.
+GRADCAM_INPUT, GRADCAM_OUTPUT = "feature_map", "gradcam_weights"
+
+
 def gradcam_file(manifest: dict) -> str | None:
     """The package's Grad-CAM graph (relative to the package), or None for a package exported
     before there was one: it cannot explain."""
@@ -55,7 +59,7 @@ def infer(session, gradcam_session, input_name: str, images: np.ndarray) -> tupl
     """A batch [N, H, W, C] (float32 0-255) through model.onnx's `session` and gradcam.onnx's:
     probabilities [N, classes] and every class's heatmap [N, classes, h, w] in [0, 1]."""
     probabilities, feature_map = session.run(["probabilities", "feature_map"], {input_name: images})
-    (weights,) = gradcam_session.run(["gradcam_weights"], {"feature_map": feature_map})
+    (weights,) = gradcam_session.run([GRADCAM_OUTPUT], {GRADCAM_INPUT: feature_map})
     return probabilities, heatmaps(feature_map, weights)
 
 

@@ -32,28 +32,36 @@ your own images.
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import simplejpeg
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, PngImagePlugin
 
+from . import formats
 from .errors import Reason, Rejection
 
 # Pillow's own decompression-bomb guard is replaced by ours (checked on the header, before
 # decoding), so that there is one limit with one clear error.
 Image.MAX_IMAGE_PIXELS = None
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# PNG text chunks (tEXt, zTXt, iTXt) are of no use here: 4 MB of them in all, decompressed, is
+# plenty (Pillow's default: 64 MB per picture); more is a corrupt image.
+PngImagePlugin.MAX_TEXT_MEMORY = 4 << 20
 
 # Pillow calls a JPEG that carries further pictures after its own (MPF: the depth map, preview or
 # second view many phones and cameras append) "MPO". TensorFlow decodes such a file as the JPEG
 # it starts with, and so does this module: the same path as any JPEG, the same pixels.
 JPEG_FORMATS = ("JPEG", "MPO")
-FORMATS = (*JPEG_FORMATS, "PNG", "WEBP", "BMP", "GIF")
+FORMATS = formats.SUPPORTED
+# The decoders Pillow may try (its JPEG decoder is the one that opens an MPO).
+_DECODERS = tuple(name for name in FORMATS if name != "MPO")
 EXIF_ORIENTATION = 0x0112
 # libpng's rgb_to_gray with TensorFlow's coefficients (0.299, 0.587) in 15-bit fixed point, truncated.
 _GRAY_WEIGHTS = (9797, 19234, 3737)
+_GRAY_BLOCK = 1 << 20  # pixels
 # Reduce a JPEG in the DCT domain only if the result keeps at least this many times the model's size.
 _JPEG_REDUCE_MARGIN = 2
 
@@ -117,12 +125,33 @@ _ORIENTATIONS = {1: (False, False, False), 2: (False, False, True), 3: (False, T
                  5: (True, False, False), 6: (True, False, True), 7: (True, True, True), 8: (True, True, False)}
 
 
+# Gather columns first only when that copies at least this many times fewer pixels than rows first.
+_ROWS_FIRST_UNLESS = 8
+
+
 def _gather(image: np.ndarray, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
-    """image[rows][:, columns], gathering the columns of rows flattened to (width * channels)."""
+    """image[rows][:, columns], holding no more than the image itself on the way.
+
+    The output samples 2 rows and 2 columns per output pixel, and many of them repeat: a picture
+    1 pixel high gives 2 x height copies of its one row. Gathering whole rows first would copy a
+    2,000,000 x 1 picture's row 448 times for a 224x224 model (2.7 GB for a 6 MB picture), so the
+    distinct rows and columns are gathered once each, then repeated into place. Rows first (whole
+    rows are contiguous: fast), unless columns first touches far fewer pixels (a very wide
+    picture); either way at most the image's own pixel count is copied.
+    """
+    height, width, channels = image.shape
+    unique_rows, row_at = np.unique(rows, return_inverse=True)
+    unique_columns, column_at = np.unique(columns, return_inverse=True)
+    if len(unique_rows) * width <= _ROWS_FIRST_UNLESS * height * len(unique_columns):
+        return _take_columns(image[unique_rows], columns)[row_at]
+    return _take_columns(image[:, unique_columns][rows], column_at)
+
+
+def _take_columns(image: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """image[:, columns], gathering the columns of rows flattened to (width * channels): copies of whole pixels."""
     channels = image.shape[2]
-    picked = image[rows].reshape(len(rows), -1)
     flat_columns = (columns[:, None] * channels + np.arange(channels)).ravel()
-    return picked[:, flat_columns].reshape(len(rows), len(columns), channels)
+    return image.reshape(len(image), -1)[:, flat_columns].reshape(len(image), len(columns), channels)
 
 
 def _interpolation(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -154,10 +183,16 @@ def orient(image: np.ndarray, orientation: int) -> np.ndarray:
 
 
 def to_grayscale(rgb: np.ndarray) -> np.ndarray:
-    """RGB uint8 HWC -> HW1 as TensorFlow's PNG decoder (libpng) computes it."""
-    r, g, b = (rgb[..., i].astype(np.uint32) for i in range(3))
-    gray = (r * _GRAY_WEIGHTS[0] + g * _GRAY_WEIGHTS[1] + b * _GRAY_WEIGHTS[2]) >> 15
-    return gray.astype(np.uint8)[..., None]
+    """RGB uint8 HWC -> HW1 as TensorFlow's PNG decoder (libpng) computes it.
+
+    A block of pixels at a time: the 32-bit arithmetic on a whole 40-megapixel picture would
+    hold 16 bytes per pixel at once."""
+    flat = rgb.reshape(-1, 3)
+    gray = np.empty(len(flat), np.uint8)
+    for start in range(0, len(flat), _GRAY_BLOCK):
+        r, g, b = (flat[start:start + _GRAY_BLOCK, i].astype(np.uint32) for i in range(3))
+        gray[start:start + _GRAY_BLOCK] = (r * _GRAY_WEIGHTS[0] + g * _GRAY_WEIGHTS[1] + b * _GRAY_WEIGHTS[2]) >> 15
+    return gray.reshape(*rgb.shape[:2], 1)
 
 
 def decode(data: bytes, channels: int, *, max_pixels: int, reduce_to: tuple[int, int] | None = None) -> np.ndarray:
@@ -175,23 +210,17 @@ def decode_stored(data: bytes, channels: int, *, max_pixels: int,
     """`decode`, but the pixels as the file stores them, and the EXIF orientation (1-8) to apply."""
     if not data:
         raise Rejection(Reason.EMPTY_FILE, "the file is empty (0 bytes)")
+    if (canvas := formats.webp_canvas(data)) is not None:
+        _check_pixels(*canvas, max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow warns about odd but decodable headers
-            image = Image.open(io.BytesIO(data))
-    except Image.UnidentifiedImageError:
-        raise Rejection(Reason.NOT_AN_IMAGE, "not an image file (expected JPEG, PNG, WebP, BMP or GIF)") from None
-    except Exception as err:  # a header Pillow recognises but cannot parse
-        raise Rejection(Reason.CORRUPT_IMAGE, f"corrupt {_format_hint(data)}image: {err}") from None
+            # Only the decoders of the supported formats may parse the file (service/formats.py).
+            image = Image.open(io.BytesIO(data), formats=_DECODERS)
+    except Exception as err:  # no supported decoder recognises it, or one does but cannot parse its header
+        raise _refusal(data, err) from None
     with image:
-        if image.format not in FORMATS:
-            raise Rejection(Reason.UNSUPPORTED_FORMAT, f"{image.format} images are not supported (expected JPEG, PNG, WebP, BMP or GIF)")
-        width, height = image.size
-        if width * height > max_pixels:
-            raise Rejection(
-                Reason.TOO_MANY_PIXELS,
-                f"{width}x{height} image has {width * height} pixels, more than the limit of {max_pixels}",
-            )
+        _check_pixels(*image.size, max_pixels)
         try:
             orientation = image.getexif().get(EXIF_ORIENTATION, 1)
             if image.format in JPEG_FORMATS and image.mode in ("RGB", "L"):
@@ -205,8 +234,41 @@ def decode_stored(data: bytes, channels: int, *, max_pixels: int,
     return pixels, orientation if orientation in range(1, 9) else 1
 
 
-def _format_hint(data: bytes) -> str:
-    return "JPEG " if data[:2] == b"\xff\xd8" else ""
+def image_pixels(source: bytes | os.PathLike) -> int:
+    """Width x height of a picture from its header, without decoding it (0 if no supported
+    decoder recognises it: decoding refuses it later). What admission.cost charges for."""
+    try:
+        if isinstance(source, bytes):
+            head = source[:30]
+        else:
+            with open(source, "rb") as f:
+                head = f.read(30)
+        if (canvas := formats.webp_canvas(head)) is not None:  # opening a WebP allocates its canvas
+            return canvas[0] * canvas[1]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=_DECODERS) as image:
+                width, height = image.size
+    except Exception:
+        return 0
+    return width * height
+
+
+def _check_pixels(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise Rejection(Reason.TOO_MANY_PIXELS,
+                        f"{width}x{height} image has {width * height} pixels, more than the limit of {max_pixels}")
+
+
+def _refusal(data: bytes, err: Exception) -> Rejection:
+    """Why a file that no supported decoder opens is refused: what its signature says it is."""
+    kind = formats.sniff(data)
+    if kind in FORMATS:
+        why = "" if isinstance(err, Image.UnidentifiedImageError) else f": {err}"  # whose words name a BytesIO object
+        return Rejection(Reason.CORRUPT_IMAGE, f"corrupt or truncated {kind} image{why}")
+    if kind is not None:
+        return Rejection(Reason.UNSUPPORTED_FORMAT, f"{kind} images are not supported (expected {formats.SUPPORTED_TEXT})")
+    return Rejection(Reason.NOT_AN_IMAGE, f"not an image file (expected {formats.SUPPORTED_TEXT})")
 
 
 def _decode_jpeg(data: bytes, channels: int, orientation: int, reduce_to: tuple[int, int] | None) -> np.ndarray:
@@ -228,19 +290,24 @@ def _decode_jpeg(data: bytes, channels: int, orientation: int, reduce_to: tuple[
 
 
 def _decode_pillow(image: Image.Image, channels: int) -> np.ndarray:
+    """The first frame as uint8 HWC. Pillow holds an RGB picture in 4 bytes per pixel (and a
+    pointer per row), so conversions through Pillow are avoided where numpy does the same with
+    less: grayscale is replicated into RGB as libpng (and Pillow's convert) does, and an RGB
+    picture is read as it is (docs/reliability.md: the peak memory per megapixel)."""
     image.seek(0)  # the first frame of an animation, as tf.io.decode_image(expand_animations=False)
     image.load()
     mode = image.mode
     if mode.startswith("I;16") or mode == "I":
         # 16-bit grayscale: keep the high byte, as libpng's strip_16 (TensorFlow) does.
-        gray = (np.asarray(image).astype(np.uint32) >> 8).astype(np.uint8)[..., None]
-        return np.repeat(gray, 3, axis=2) if channels == 3 else gray
-    if channels == 1 and mode in ("L", "LA", "La"):
-        return np.asarray(image.getchannel(0))[..., None]
-    if channels == 1 and mode == "1":
-        return np.asarray(image.convert("L"))[..., None]
-    rgb = np.asarray(image.convert("RGB"))
-    return rgb if channels == 3 else to_grayscale(rgb)
+        gray = (np.asarray(image) >> 8).astype(np.uint8)[..., None]
+    elif mode in ("L", "LA", "La"):
+        gray = np.asarray(image if mode == "L" else image.getchannel(0))[..., None]
+    elif mode == "1":
+        gray = np.asarray(image.convert("L"))[..., None]
+    else:
+        rgb = np.asarray(image if mode == "RGB" else image.convert("RGB"))
+        return rgb if channels == 3 else to_grayscale(rgb)
+    return gray if channels == 1 else np.repeat(gray, 3, axis=2)
 
 
 def preprocess(data: bytes, spec: InputSpec, *, max_pixels: int, jpeg_reduce: bool) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Model packages from the BentoML model store: find them, read and check their manifest.
 
 Each model in the store holds the package of docs/model-package.md: manifest.json (the contract)
-and the exported model.onnx. Everything the service needs to know about a model comes from the
+and the exported model.onnx (and gradcam.onnx). Every file the manifest records is checked
+against its size and sha256 when the package is opened, before any is loaded. Everything the service needs to know about a model comes from the
 manifest; the version it reports is the store's version of the model.
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 import bentoml
 from bentoml.exceptions import NotFound
 
+from . import explain
 from .imaging import InputSpec
 from .settings import ModelRef
 
@@ -35,7 +37,6 @@ class ModelPackage:
     input: InputSpec
     classes: tuple[str, ...]
     onnx_path: Path
-    onnx_sha256: str | None
 
     def summary(self) -> dict:
         """What GET /models says about the model (the active provider is added by the engine)."""
@@ -53,16 +54,42 @@ class ModelPackage:
             "created_at": self.manifest.get("created_at"),
         }
 
-    def check_onnx(self) -> None:
-        """Raise ModelError unless model.onnx has the sha256 the manifest records."""
-        if self.onnx_sha256 is None:
-            return
-        digest = hashlib.sha256()
-        with self.onnx_path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        if digest.hexdigest() != self.onnx_sha256:
-            raise ModelError(f"model {self.name}:{self.version}: {self.onnx_path} is corrupt (its sha256 differs from the manifest's)")
+    def check_files(self) -> None:
+        """Raise ModelError unless every file the manifest's `files` records that the package
+        holds has its size and sha256 (model.keras, recorded too, stays in the training folder),
+        and the files the service loads are all there."""
+        name = f"model {self.name}:{self.version}"
+        needed = {self.onnx_path.relative_to(self.path).as_posix()}
+        if (gradcam := explain.gradcam_file(self.manifest)) is not None:
+            needed.add(gradcam)
+        for relative in sorted(needed):
+            if not (self.path / relative).exists():
+                raise ModelError(f"{name}: {self.path / relative} is missing")
+        records = self.manifest.get("files") or {}
+        if not isinstance(records, dict):
+            raise ModelError(f"{name}: {MANIFEST} 'files' is not an object (see docs/model-package.md)")
+        onnx = self.manifest["export"]["onnx"]
+        if onnx["path"] not in records and onnx.get("sha256"):  # older packages: the sha256 beside the path
+            records = {**records, onnx["path"]: {"sha256": onnx["sha256"]}}
+        for relative, record in sorted(records.items()):
+            path = (self.path / relative).resolve()
+            if not path.is_relative_to(self.path.resolve()):
+                raise ModelError(f"{name}: {MANIFEST} records a file outside the package: {relative}")
+            if not path.is_file() or not isinstance(record, dict):
+                continue
+            size = path.stat().st_size
+            if isinstance(record.get("bytes"), int) and size != record["bytes"]:
+                raise ModelError(f"{name}: {path} is corrupt or truncated ({size} bytes; the manifest records {record['bytes']})")
+            if record.get("sha256") and _sha256(path) != record["sha256"]:
+                raise ModelError(f"{name}: {path} is corrupt (its sha256 differs from the manifest's)")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _store_location() -> str:
@@ -101,10 +128,8 @@ def open_package(ref: ModelRef) -> ModelPackage:
         raise ModelError(f"{name}: {MANIFEST} lists no classes")
     if not onnx_path.is_file():
         raise ModelError(f"{name}: {onnx_path} is missing")
-    # The export records the file's sha256 under "files" (or, in older packages, beside its path).
-    sha256 = (manifest.get("files") or {}).get(onnx["path"], {}).get("sha256") or onnx.get("sha256")
-    package = ModelPackage(ref.name, str(stored.tag.version), path, manifest, input_spec, classes, onnx_path, sha256)
-    package.check_onnx()
+    package = ModelPackage(ref.name, str(stored.tag.version), path, manifest, input_spec, classes, onnx_path)
+    package.check_files()
     return package
 
 

@@ -20,22 +20,37 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+import logging
+from http import HTTPStatus
 from pathlib import Path
 from typing import ClassVar, Literal, Mapping
 
 import bentoml
+from bentoml.exceptions import BentoMLException
 from pydantic import ConfigDict, Field, ValidationError
 from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import Reason, Rejection
+from .errors import Reason, Rejection, quoted
+
+log = logging.getLogger("bentoml.image_classifier")
 
 MULTIPART = "multipart/form-data"
 # Form fields besides the files: a few options, never many.
 _MAX_FORM_FIELDS = 16
+
+
+class ClientGone(BentoMLException):
+    """The client disconnected before its request was read: nobody to answer. Logged here in one
+    line; BentoML, which turns any other exception of a request's parsing into a 500 and a
+    traceback, answers this one as a 400 that goes nowhere (service.py keeps its traceback out
+    of the error log)."""
+
+    def __init__(self, request: Request) -> None:
+        super().__init__(f"client gone: {request.method} {request.url.path}", error_code=HTTPStatus.BAD_REQUEST)
 
 
 def _form_limits_error(message: str, max_images: int) -> Rejection:
@@ -61,8 +76,16 @@ class ImagesInput(bentoml.IODescriptor):
         title = f"POST {request.url.path}"
         try:
             form = await request.form(max_files=cls.max_images, max_fields=_MAX_FORM_FIELDS)
+        except ClientDisconnect:
+            client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+            log.warning("client gone: %s disconnected before sending the whole body of %s %s",
+                        client, request.method, request.url.path)
+            raise ClientGone(request) from None
         except (HTTPException, MultiPartException) as err:
             raise _form_limits_error(str(getattr(err, "detail", err)), cls.max_images).validation_error(title) from None
+        except Exception as err:  # anything else the parser meets is in the client's bytes too
+            raise Rejection(Reason.MALFORMED_BODY, f"the multipart body cannot be parsed: {type(err).__name__}: {err}"
+                            ).validation_error(title) from None
         problem = cls._form_problem(form)
         if problem is not None:
             raise problem.validation_error(title)
@@ -88,7 +111,7 @@ class ImagesInput(bentoml.IODescriptor):
             text = form[key]
             try:
                 values[key] = json.loads(text)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # not JSON; or 5000 digits, or nested 100,000 deep
                 values[key] = text
             if cls.model_fields[key].annotation is str and not isinstance(values[key], str):
                 values[key] = text
@@ -99,7 +122,7 @@ class ImagesInput(bentoml.IODescriptor):
         fields = list(cls.model_fields)
         unknown = sorted(set(form.keys()) - set(fields))
         if unknown:
-            return Rejection(Reason.UNKNOWN_FIELD, f"unknown field {unknown[0]!r}; the fields are {', '.join(fields)}", (unknown[0],))
+            return Rejection(Reason.UNKNOWN_FIELD, f"unknown field {quoted(unknown[0])}; the fields are {', '.join(fields)}", (unknown[0],))
         images = form.getlist("images")
         if not images:
             return Rejection(Reason.MISSING_FIELD, "no images: send one or more files in the multipart field 'images'", ("images",))
@@ -108,8 +131,12 @@ class ImagesInput(bentoml.IODescriptor):
                 return Rejection(Reason.INVALID_FIELD, "must be a file (a multipart part with a filename), not a text value",
                                  ("images", index))
         for key in form:
-            if key not in cls.multipart_fields and any(isinstance(value, UploadFile) for value in form.getlist(key)):
+            if key in cls.multipart_fields:
+                continue
+            if any(isinstance(value, UploadFile) for value in form.getlist(key)):
                 return Rejection(Reason.INVALID_FIELD, "must be a text value, not a file (a multipart part with a filename)", (key,))
+            if len(form.getlist(key)) > 1:  # which one was meant? Not the last one silently
+                return Rejection(Reason.INVALID_FIELD, f"given {len(form.getlist(key))} times; give it once", (key,))
         return None
 
 

@@ -30,15 +30,16 @@ import time
 import anyio
 import bentoml
 import numpy as np
+from bentoml._internal.context import server_context
 from fastapi import FastAPI
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from . import engine, explain, imaging, metrics, observe, registry, responses, settings, shutdown, v2_routes
-from .errors import Reason, Rejection
+from . import access, admission, engine, explain, imaging, metrics, observe, registry, responses, settings, shutdown, v2_routes
+from .errors import Reason, Rejection, quoted
 from .inference import Inference, explainable
 from .registry import ModelError, ModelPackage
-from .requests import IMAGE_FORM, RequestGuard, input_specs
+from .requests import IMAGE_FORM, ClientGone, RequestGuard, input_specs
 from .responses import Classification, Embedding, Explanation, ModelList, ModelSummary
 from .settings import SettingsError
 
@@ -49,12 +50,15 @@ def _configure() -> tuple[settings.Settings, dict[str, ModelPackage]]:
     """Settings and checked model packages, or exit with one line saying what is wrong.
 
     This runs wherever the module is imported, first in `bentoml serve`'s own process: a bad
-    setting or model stops the server before any worker starts."""
+    setting or model stops the server before any worker starts, with one line, never a worker
+    restarting forever. ONNX Runtime loads every graph there (engine.check); the workers it then
+    starts only read the packages."""
     try:
         config = settings.load(default_models=registry.bento_model_names() or settings.RECIPE_MODELS)
         packages = registry.open_packages(config.models)
-        for package in packages.values():
-            engine.check(package)
+        if server_context.worker_index is None:  # bentoml serve's own process (or a plain import), not a worker:
+            for package in packages.values():    # the workers it starts load what it checked
+                engine.check(package)
         if config.require_gpu and (problem := engine.cuda_problem()) is not None:
             raise ModelError(f"REQUIRE_GPU=1 but {problem}")
         return config, packages
@@ -71,10 +75,11 @@ ClassifyInput, FeaturesInput, ExplainInput = input_specs(SETTINGS.max_images_per
 class _ExpectedRefusals(logging.Filter):
     """BentoML logs a traceback at ERROR level for each request whose fields fail validation. Those
     are refusals by design, answered 400, shown in the access log and counted in
-    imgcls_rejected_requests_total; the error log is for the server's own failures."""
+    imgcls_rejected_requests_total; the error log is for the server's own failures. A client gone
+    before its body arrived is logged in one line where it is found (requests.ClientGone)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], ValidationError))
+        return not (record.exc_info and isinstance(record.exc_info[1], (ValidationError, ClientGone)))
 
 
 logging.getLogger("bentoml._internal.server.http_app").addFilter(_ExpectedRefusals())
@@ -114,6 +119,7 @@ class ImageClassifier:
         # Decoding and resizing run in threads (Pillow, libjpeg and numpy release the GIL), one per core.
         self.decode_limiter = anyio.CapacityLimiter(settings.cpu_count())
         metrics.MAX_LATENCY_SECONDS.set(SETTINGS.max_latency_ms / 1000)
+        self.budget = admission.Budget(SETTINGS.max_inflight_pixels)
         for reason in Reason:
             metrics.REJECTED.labels(reason=reason.value)
         for name, package in PACKAGES.items():
@@ -149,7 +155,8 @@ class ImageClassifier:
                 raise Rejection(Reason.TOP_K_OUT_OF_RANGE,
                                 f"must be between 1 and {len(package.classes)} (the classes of model {package.name}), not {top_k}",
                                 ("top_k",))
-            rows = await self.infer_batch(package, await self._decode_all(package, images), "classify")
+            async with self._admit(package, images):
+                rows = await self.infer_batch(package, await self._decode_all(package, images), "classify")
         except Rejection as rejection:
             return rejection.response()
         return responses.classifications(package, rows["probabilities"], top_k)
@@ -159,7 +166,8 @@ class ImageClassifier:
         """The model's feature vector (global average pooling of its last convolution block) for each image."""
         try:
             package = self._package(model)
-            rows = await self.infer_batch(package, await self._decode_all(package, images), "features")
+            async with self._admit(package, images):
+                rows = await self.infer_batch(package, await self._decode_all(package, images), "features")
         except Rejection as rejection:
             return rejection.response()
         return responses.embeddings(package, rows["features"], normalize)
@@ -176,10 +184,11 @@ class ImageClassifier:
                 raise Rejection(Reason.CANNOT_EXPLAIN, f"model {package.name}:{package.version} was exported without "
                                                        "gradcam.onnx; export it again to explain its answers", ("model",))
             if label and label not in package.classes:
-                raise Rejection(Reason.UNKNOWN_LABEL, f"unknown label {label!r}; the classes of model {package.name}: "
+                raise Rejection(Reason.UNKNOWN_LABEL, f"unknown label {quoted(label)}; the classes of model {package.name}: "
                                                       f"{', '.join(package.classes)}", ("label",))
-            picture, tensor = await anyio.to_thread.run_sync(self._decode, package, images[0], limiter=self.decode_limiter)
-            row = (await self.inference.explain(package.name, tensor[None]))[0]
+            async with self._admit(package, images):
+                picture, tensor = await anyio.to_thread.run_sync(self._decode, package, images[0], limiter=self.decode_limiter)
+                row = (await self.inference.explain(package.name, tensor[None]))[0]
         except Rejection as rejection:
             # With a context parameter, BentoML gives any returned response the context's status.
             ctx.response.status_code = rejection.status
@@ -222,8 +231,14 @@ class ImageClassifier:
     def _package(model: str) -> ModelPackage:
         name = model or SETTINGS.default_model
         if name not in PACKAGES:
-            raise Rejection(Reason.UNKNOWN_MODEL, f"unknown model {name!r}; served models: {', '.join(PACKAGES)}", ("model",))
+            raise Rejection(Reason.UNKNOWN_MODEL, f"unknown model {quoted(name)}; served models: {', '.join(PACKAGES)}", ("model",))
         return PACKAGES[name]
+
+    def _admit(self, package: ModelPackage, images: list[bytes]):
+        """The request's hold on the worker's pixel budget (admission.py), for an `async with`
+        around its decoding and inference: 503 `overloaded` when it does not fit."""
+        sizes = [imaging.image_pixels(image) for image in images]  # headers only
+        return self.budget.admit(admission.cost(sizes, package.input.height * package.input.width))
 
     async def _decode_all(self, package: ModelPackage, images: list[bytes]) -> np.ndarray:
         """Decode, orient, convert and resize each file, in a thread: [n, H, W, C] float32 0-255."""
@@ -253,3 +268,6 @@ ImageClassifier.add_asgi_middleware(RequestGuard, routes={**dict.fromkeys(("/cla
                                                           v2_routes.INFER_ROUTE: v2_routes.INFER_BODY},
                                     max_body_bytes=SETTINGS.max_body_bytes)
 responses.fix_media_types(ImageClassifier)
+# Routing refusals (404/405 JSON, bounded metric labels), API keys and CORS before BentoML's middlewares.
+access.install(ImageClassifier, api_keys=SETTINGS.api_keys, metrics_require_key=SETTINGS.metrics_require_key,
+               cors_origins=SETTINGS.cors_origins)

@@ -17,6 +17,12 @@ RECIPE_MODELS = ("scratch", "augmented", "transfer", "finetuned")
 # BentoML tag names: lowercase letters, digits, '-', '_' and '.', starting alphanumeric;
 # an optional ':version' pins one version instead of the latest.
 _MODEL_REF = re.compile(r"^([a-z0-9][a-z0-9._-]*)(?::([A-Za-z0-9._-]+))?$")
+# An API key: printable ASCII without spaces or commas, long enough not to be guessed.
+_API_KEY = re.compile(r"^[!-+\--~]{16,}$")
+# A CORS origin as browsers send it: scheme://host[:port], no path; or * for any.
+_ORIGIN = re.compile(r"^(\*|https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?)$")
+# Settings whose values are secrets: `describe` does not print them.
+SECRETS = ("SERVICE_API_KEYS",)
 
 
 class SettingsError(ValueError):
@@ -50,6 +56,10 @@ class Settings:
     jpeg_reduce: bool
     timeout_s: int
     shutdown_grace_s: int
+    max_inflight_pixels: int = 160_000_000
+    api_keys: tuple[str, ...] = ()
+    metrics_require_key: bool = False
+    cors_origins: tuple[str, ...] = ()
 
     @property
     def model_names(self) -> tuple[str, ...]:
@@ -82,6 +92,14 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "SERVICE_SHUTDOWN_GRACE_S": ("25", "on SIGTERM, longest a worker goes on answering the requests it holds before it exits "
                                        "(below Kubernetes' default 30 s grace period)"),
     "REQUIRE_GPU": ("0", "1: refuse to start unless every model runs on CUDAExecutionProvider"),
+    "SERVICE_MAX_INFLIGHT_PIXELS": ("160000000", "most pixels a worker holds for the requests it is answering (the pictures "
+                                                 "being decoded, the inputs queued), at least SERVICE_MAX_IMAGE_PIXELS; "
+                                                 "beyond it, 503 overloaded"),
+    "SERVICE_API_KEYS": ("", "comma-separated API keys (16 or more printable characters each); when set, every request but "
+                             "/livez, /healthz, /readyz (and /metrics) needs 'Authorization: Bearer <key>'; empty: open"),
+    "SERVICE_METRICS_REQUIRE_KEY": ("0", "1: /metrics needs an API key too (SERVICE_API_KEYS must be set)"),
+    "SERVICE_CORS_ORIGINS": ("", "comma-separated origins (https://host[:port], or *) whose web pages may call the "
+                                 "service from a browser; empty: none (CORS off)"),
 }
 
 
@@ -104,6 +122,18 @@ def _flag(name: str, text: str) -> bool:
     if text.lower() in ("0", "false", "no", "off", ""):
         return False
     raise SettingsError(f"{name} must be 1 or 0, not {text!r}")
+
+
+def _listed(pattern: re.Pattern, what: str) -> Callable[[str, str], tuple[str, ...]]:
+    def parse(name: str, text: str) -> tuple[str, ...]:
+        entries = tuple(entry.strip() for entry in text.split(",") if entry.strip())
+        for entry in entries:
+            if not pattern.match(entry):
+                shown = "an entry" if name in SECRETS else repr(entry)  # never a key in a log
+                raise SettingsError(f"{name}: {shown} is not {what}")
+        return entries
+
+    return parse
 
 
 def _models(name: str, text: str) -> tuple[ModelRef, ...]:
@@ -139,7 +169,7 @@ def load(environ: Mapping[str, str] | None = None, *, default_models: tuple[str,
     if not default_model:
         default_model = VARIABLES["SERVICE_DEFAULT_MODEL"][0] if VARIABLES["SERVICE_DEFAULT_MODEL"][0] in names else names[0]
     threads_text = environ.get("SERVICE_INFERENCE_THREADS", "").strip()
-    return Settings(
+    config = Settings(
         models=models,
         default_model=default_model,
         # BentoML requires a batchable API's max_batch_size to be at least 2.
@@ -154,7 +184,18 @@ def load(environ: Mapping[str, str] | None = None, *, default_models: tuple[str,
         jpeg_reduce=get("SERVICE_JPEG_REDUCE", _flag),
         timeout_s=get("SERVICE_TIMEOUT_S", _integer(1)),
         shutdown_grace_s=get("SERVICE_SHUTDOWN_GRACE_S", _integer(0)),
+        max_inflight_pixels=get("SERVICE_MAX_INFLIGHT_PIXELS", _integer(1)),
+        api_keys=get("SERVICE_API_KEYS", _listed(_API_KEY, "an API key (16 or more printable ASCII characters, "
+                                                           "no spaces or commas)")),
+        metrics_require_key=get("SERVICE_METRICS_REQUIRE_KEY", _flag),
+        cors_origins=get("SERVICE_CORS_ORIGINS", _listed(_ORIGIN, "an origin (http[s]://host[:port], or *)")),
     )
+    if config.max_inflight_pixels < config.max_image_pixels:
+        raise SettingsError(f"SERVICE_MAX_INFLIGHT_PIXELS ({config.max_inflight_pixels}) is less than SERVICE_MAX_IMAGE_PIXELS "
+                            f"({config.max_image_pixels}): the largest image allowed could never be admitted")
+    if config.metrics_require_key and not config.api_keys:
+        raise SettingsError("SERVICE_METRICS_REQUIRE_KEY=1 but SERVICE_API_KEYS is empty: no key could open /metrics")
+    return config
 
 
 def describe(environ: Mapping[str, str] | None = None) -> str:
@@ -163,7 +204,10 @@ def describe(environ: Mapping[str, str] | None = None) -> str:
     lines = []
     for name, (default, meaning) in VARIABLES.items():
         value = environ.get(name)
-        shown = f"{value!r} (set)" if value is not None else f"{default!r} (default)"
+        if value is not None and name in SECRETS:
+            shown = f"{len([v for v in value.split(',') if v.strip()])} keys (set; not shown)"
+        else:
+            shown = f"{value!r} (set)" if value is not None else f"{default!r} (default)"
         lines.append(f"{name:32s} {shown}\n    {meaning}")
     return "\n".join(lines)
 

@@ -99,6 +99,33 @@ class TinyModel:
         }
 
 
+def gradcam_stub_onnx(channels: int = 3) -> bytes:
+    """A graph with gradcam.onnx's input and output names (feature_map -> gradcam_weights), as the
+    service loads it; it computes nothing Grad-CAM would."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["feature_map"], ["gradcam_weights"], axes=[1], keepdims=0)], "gradcam_stub",
+        [helper.make_tensor_value_info("feature_map", TensorProto.FLOAT, [None, 1, 1, channels])],
+        [helper.make_tensor_value_info("gradcam_weights", TensorProto.FLOAT, [None, 1, channels])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def with_gradcam(manifest: dict, gradcam: bytes | None = None) -> dict:
+    """`manifest` naming a gradcam.onnx (and, given its bytes, recording its sha256 and size)."""
+    manifest = json.loads(json.dumps(manifest))
+    manifest["export"]["outputs"] = {**manifest["outputs"], "feature_map": {"shape": [None, 1, 1, 3]}}
+    manifest["export"]["gradcam"] = {"onnx": {"path": "gradcam.onnx", "input": "feature_map", "output": "gradcam_weights"}}
+    if gradcam is not None:
+        manifest["files"]["gradcam.onnx"] = {"sha256": hashlib.sha256(gradcam).hexdigest(), "bytes": len(gradcam)}
+    return manifest
+
+
 RGB_MODEL = TinyModel("tiny-rgb", 24, 32, 3, ("red", "green", "blue"))
 GRAY_MODEL = TinyModel("tiny-gray", 28, 28, 1, ("dark", "light"))
 
@@ -149,6 +176,20 @@ def huge_png() -> bytes:
     return png_bomb(2000, 1000)  # 2 000 000 pixels, over the limit of 1 000 000
 
 
+def webp_canvas_bomb(width: int = 16383, height: int = 16383) -> bytes:
+    """An animated WebP whose header claims a width x height canvas (libwebp allocates it, twice,
+    as soon as the file is opened), and nothing more."""
+    vp8x = b"VP8X" + struct.pack("<I", 10) + b"\x02\0\0\0" + (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
+    body = b"WEBP" + vp8x + b"ANIM" + struct.pack("<I", 6) + bytes(6)
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+SVG = b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"><rect width="8" height="8"/></svg>'
+HEIC = struct.pack(">I", 24) + b"ftypheic\0\0\0\0mif1heic" + struct.pack(">I", 8) + b"meta"
+# The most an error answer may hold: client input is quoted to about 100 characters (errors.quoted).
+MAX_ERROR_BYTES = 2048
+
+
 BAD_REQUESTS = {
     # name: (request arguments, expected status, expected detail type[, expected detail loc])
     "not-an-image": (dict(images=[("notes.txt", b"just some text")]), 400, "not_an_image"),
@@ -166,6 +207,21 @@ BAD_REQUESTS = {
     "misnamed-field": (dict(images=[], files=[("image", ("a.jpg", JPEG_SAMPLE))]), 400, "unknown_field"),
     "text-instead-of-file": (dict(images=[], fields=[("images", "http://example.com/cat.jpg")]), 400, "invalid_field"),
     "file-instead-of-text": (dict(files=[("model", ("model.txt", RGB_MODEL.name.encode()))]), 400, "invalid_field", ["model"]),
+    # Other image formats: named, and refused as formats the service does not decode.
+    "svg": (dict(images=[("drawing.svg", SVG)]), 415, "unsupported_format"),
+    "heic": (dict(images=[("IMG_0001.HEIC", HEIC)]), 415, "unsupported_format"),
+    "truncated-webp": (dict(images=[("cut.webp", encode(photo_like(30, 40), "WEBP")[:60])]), 400, "corrupt_image"),
+    "truncated-gif": (dict(images=[("cut.gif", encode(photo_like(30, 40), "GIF")[:100])]), 400, "corrupt_image"),
+    "png-signature-only": (dict(images=[("cut.png", PNG_SAMPLE[:8])]), 400, "corrupt_image"),
+    "webp-canvas-bomb": (dict(images=[("bomb.webp", webp_canvas_bomb())]), 413, "too_many_pixels"),
+    # Field values no client should send: quoted back to about 100 characters, never whole.
+    "huge-model-name": (dict(model="m" * 500_000), 400, "unknown_model", ["model"]),
+    "huge-field-name": (dict(fields=[("x" * 100_000, "1")]), 400, "malformed_body"),  # the multipart parser refuses the header
+    "nul-in-model": (dict(model="tiny\x00rgb"), 400, "unknown_model"),
+    "non-utf8-model": (dict(fields=[("model", b"\xff\xfe\xc3(")]), 400, "unknown_model"),
+    "model-given-twice": (dict(fields=[("model", RGB_MODEL.name), ("model", GRAY_MODEL.name)]), 400, "invalid_field", ["model"]),
+    "deeply-nested-json": (dict(fields=[("model", "[" * 100_000)]), 400, "unknown_model"),
+    "many-text-fields": (dict(fields=[("model", RGB_MODEL.name)] * 40), 400, "malformed_body"),
 }
 # Entries about a field of /classify alone (top_k of RGB_MODEL's 3 classes); the others hold for every image endpoint.
 CLASSIFY_ONLY = ("top-k-zero", "top-k-over-classes")
@@ -176,7 +232,7 @@ def send_bad(server: Server, route: str, images, files=(), fields=(), **options)
     `options` as text parts."""
     parts = [("images", (name, huge_png() if data is None else data)) for name, data in images]
     parts += list(files)
-    parts += [(name, (None, str(value))) for name, value in [*fields, *options.items()]]
+    parts += [(name, (None, value if isinstance(value, bytes) else str(value))) for name, value in [*fields, *options.items()]]
     return requests.post(server.url + route, files=parts, timeout=60)
 
 
@@ -186,7 +242,8 @@ def check_refusal(server: Server, route: str, name: str) -> None:
     arguments = dict(arguments)
     images = arguments.pop("images", [("a.jpg", JPEG_SAMPLE)])
     response = send_bad(server, route, images, **arguments)
-    assert response.status_code == status, response.text
+    assert response.status_code == status, response.text[:MAX_ERROR_BYTES]
+    assert len(response.content) <= MAX_ERROR_BYTES, f"{len(response.content)} bytes: {response.text[:300]}"
     body = response.json()
     assert isinstance(body["error"], str) and body["error"]
     assert body["detail"][0]["type"] == kind, body

@@ -61,6 +61,9 @@ def test_decoding_is_tensorflows(name, channels):
     ((100, 80, 1), (28, 28)),     # grayscale
     ((24, 32, 3), (24, 32)),      # same size
     ((600, 512, 3), (180, 180)),  # a typical photo to a typical input
+    ((1, 5000, 3), (24, 32)),     # one row: gathered columns first
+    ((5000, 1, 3), (24, 32)),     # one column
+    ((2, 3000, 1), (28, 28)),
 ])
 def test_resize_is_tensorflows(shape, size):
     pixels = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)

@@ -23,8 +23,8 @@ from service.registry import ModelError
 from service.settings import ModelRef, SettingsError
 import requests
 
-from loadtests.servers import REPO, Server, serve_env
-from tests.service_helpers import JPEG_SAMPLE, RGB_MODEL, register
+from loadtests.servers import REPO, Server, process_role, serve_env
+from tests.service_helpers import JPEG_SAMPLE, RGB_MODEL, gradcam_stub_onnx, register, with_gradcam
 
 # --- settings -----------------------------------------------------------------------------------------
 
@@ -113,6 +113,22 @@ def damage(home: Path, how: str) -> str:
     elif how == "wrong-input-size":
         manifest = model.manifest(onnx)
         register(model, home, manifest={**manifest, "input": {**manifest["input"], "height": 30}})
+    elif how in ("truncated-gradcam", "gradcam-not-onnx", "gradcam-wrong-names", "gradcam-missing"):
+        gradcam = gradcam_stub_onnx()
+        register(model, home, manifest=with_gradcam(model.manifest(onnx), None if how == "gradcam-not-onnx" else gradcam))
+        path = stored_path(home, name) / "gradcam.onnx"
+        path.write_bytes(gradcam)
+        if how == "truncated-gradcam":  # as a copy cut short leaves it; the manifest has its sha256
+            path.write_bytes(gradcam[: len(gradcam) // 2])
+        elif how == "gradcam-not-onnx":  # an older manifest without its sha256: loading it finds out
+            path.write_bytes(b"not a graph")
+        elif how == "gradcam-wrong-names":
+            path.write_bytes(onnx)
+            manifest = json.loads((stored_path(home, name) / "manifest.json").read_text())
+            del manifest["files"]["gradcam.onnx"]
+            (stored_path(home, name) / "manifest.json").write_text(json.dumps(manifest))
+        elif how == "gradcam-missing":
+            path.unlink()
     elif how == "no-export-section":
         manifest = model.manifest(onnx)
         del manifest["export"]
@@ -120,7 +136,9 @@ def damage(home: Path, how: str) -> str:
     else:
         register(model, home)
         path = stored_path(home, name)
-        if how == "tampered":
+        if how == "truncated-onnx":
+            (path / "model.onnx").write_bytes(onnx[:-100])
+        elif how == "tampered":
             (path / "model.onnx").write_bytes(onnx[:-4] + b"\0\0\0\0")
         elif how == "no-onnx":
             (path / "model.onnx").unlink()
@@ -138,6 +156,11 @@ def damage(home: Path, how: str) -> str:
     ("no-export-section", "export"),
     ("no-onnx", "is missing"),
     ("tampered", "sha256"),
+    ("truncated-onnx", "corrupt or truncated"),
+    ("truncated-gradcam", "gradcam.onnx is corrupt or truncated"),
+    ("gradcam-not-onnx", "ONNX Runtime cannot load"),
+    ("gradcam-wrong-names", "must take feature_map and give gradcam_weights"),
+    ("gradcam-missing", "gradcam.onnx is missing"),
     ("bad-protobuf", "ONNX Runtime cannot load"),
     ("more-classes", "expected (1, 4)"),
     ("wrong-input-size", "inference on a 30x32x3 image fails"),
@@ -184,14 +207,22 @@ def serve_until_exit(home: Path, **environ: str) -> subprocess.CompletedProcess:
 
 
 def test_bentoml_serve_stops_at_once_with_one_line(tmp_path):
+    """Before any worker starts (no restart loop): a model ONNX Runtime refuses, a Grad-CAM graph
+    cut short (the inference worker restarted every 10 s forever on it before), REQUIRE_GPU."""
     register(RGB_MODEL, tmp_path)
     corrupt = dataclasses.replace(RGB_MODEL, name="corrupt")
     register(corrupt, tmp_path, onnx=b"not an onnx file")
-    cases = [({"SERVICE_MODELS": f"{RGB_MODEL.name},corrupt"}, "model corrupt:")]
+    cut = dataclasses.replace(RGB_MODEL, name="cut-gradcam")
+    register(cut, tmp_path, manifest=with_gradcam(cut.manifest(cut.onnx_bytes()), gradcam_stub_onnx()))
+    (stored_path(tmp_path, cut.name) / "gradcam.onnx").write_bytes(gradcam_stub_onnx()[:40])
+    cases = [({"SERVICE_MODELS": f"{RGB_MODEL.name},corrupt"}, "model corrupt:"),
+             ({"SERVICE_MODELS": f"{RGB_MODEL.name},{cut.name}"}, "gradcam.onnx is corrupt or truncated")]
     if engine.cuda_problem() is not None:
         cases.append(({"SERVICE_MODELS": RGB_MODEL.name, "REQUIRE_GPU": "1"}, "REQUIRE_GPU=1 but"))
     for environ, names in cases:
+        start = time.monotonic()
         result = serve_until_exit(tmp_path, **environ)
+        assert time.monotonic() - start < 60  # seconds of imports, then the check: no worker ever starts
         assert result.returncode == 1
         output = (result.stdout + result.stderr).strip().splitlines()
         assert output[-1].startswith("error: cannot start: ") and names in output[-1], output
@@ -202,27 +233,37 @@ def test_not_ready_until_every_model_is_loaded_and_warmed(tmp_path):
     """/readyz answers 503 at once, /livez 200 and requests 503 `unavailable` while the worker loads
     and warms its models; 200 once every model is.
 
-    To hold its start-up where it is, deterministically: the package names a Grad-CAM graph that
-    only the worker's engine opens (after the model's own session and warm-up), and that file is a
-    FIFO, whose opening blocks until this test writes the graph into it."""
-    manifest = RGB_MODEL.manifest(RGB_MODEL.onnx_bytes())
-    manifest["export"]["outputs"] = {**manifest["outputs"], "feature_map": {"shape": [None, 1, 1, 3]}}
-    manifest["export"]["gradcam"] = {"onnx": {"path": "gradcam.onnx"}}
-    register(RGB_MODEL, tmp_path, manifest=manifest)
+    To hold its start-up where it is, deterministically: the package names a Grad-CAM graph, a
+    FIFO whose opening blocks until this test writes the graph into it. `bentoml serve`'s own
+    process opens it first (its check of every graph, before any worker starts); then the
+    worker's engine does (after the model's own session and warm-up): it is held there."""
+    register(RGB_MODEL, tmp_path, manifest=with_gradcam(RGB_MODEL.manifest(RGB_MODEL.onnx_bytes())))
     gradcam = stored_path(tmp_path, RGB_MODEL.name) / "gradcam.onnx"
     os.mkfifo(gradcam)
     server = Server.bentoml("service.service:ImageClassifier", serve_env(tmp_path, SERVICE_MODELS=RGB_MODEL.name),
                             tmp_path / "server.log")
     try:
-        writer, answers = None, []
         deadline = time.monotonic() + 120
-        while writer is None:  # until the worker's engine opens the FIFO: it is then held there
+
+        def reader_of_fifo() -> int:  # a writing end, once a process opens the FIFO to read it
+            while True:
+                assert time.monotonic() < deadline and server.process.poll() is None, server.log()
+                try:
+                    return os.open(gradcam, os.O_WRONLY | os.O_NONBLOCK)
+                except OSError as err:
+                    assert err.errno == errno.ENXIO, err  # no reader yet
+                    time.sleep(0.1)
+
+        # First `bentoml serve`'s own process checks every graph of the package before any worker starts ...
+        writer = reader_of_fifo()
+        os.set_blocking(writer, True)
+        os.write(writer, gradcam_stub_onnx())
+        os.close(writer)
+        while not any(process_role(p.cmdline()).startswith("worker") for p in server.processes()):
             assert time.monotonic() < deadline and server.process.poll() is None, server.log()
-            try:
-                writer = os.open(gradcam, os.O_WRONLY | os.O_NONBLOCK)
-            except OSError as err:
-                assert err.errno == errno.ENXIO, err  # no reader yet
-                time.sleep(0.1)
+            time.sleep(0.1)
+        # ... then the worker's engine opens it: it is held there.
+        writer, answers = reader_of_fifo(), []
         while len(answers) < 3:
             try:
                 answers.append(requests.get(server.url + "/readyz", timeout=2).status_code)
@@ -235,7 +276,7 @@ def test_not_ready_until_every_model_is_loaded_and_warmed(tmp_path):
         assert refused.status_code == 503 and refused.headers["Retry-After"] == "5", refused.text
         assert refused.json()["detail"][0]["type"] == "unavailable"
         os.set_blocking(writer, True)
-        os.write(writer, RGB_MODEL.onnx_bytes())  # any ONNX graph: the engine only loads it
+        os.write(writer, gradcam_stub_onnx())
         os.close(writer)
         server.wait_ready()  # and now it is ready
     finally:

@@ -1,0 +1,225 @@
+"""The service's defences as units: the in-flight pixel budget (service/admission.py), the edge
+(service/access.py: routing refusals, API keys, CORS) on a small Starlette application, the
+quoting of client input in error messages (service/errors.py) and the new settings. The same
+defences over real HTTP: tests/test_service_http.py."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import warnings
+
+import pytest
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+with warnings.catch_warnings():  # starlette would rather have httpx2, which is not installed
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from starlette.testclient import TestClient
+
+from service import access, admission, settings
+from service.errors import QUOTE_LIMIT, Reason, Rejection, clipped, quoted
+
+# --- admission ---------------------------------------------------------------------------------------
+
+
+def test_a_request_is_admitted_while_it_fits_and_gives_back_what_it_held():
+    budget = admission.Budget(100)
+    with budget.admit(60):
+        with budget.admit(40):
+            assert budget.in_use == 100
+            with pytest.raises(Rejection) as caught:
+                with budget.admit(1):
+                    pass
+            assert caught.value.reason is Reason.OVERLOADED and caught.value.status == 503
+        assert budget.in_use == 60
+    assert budget.in_use == 0 and budget.admitted == 0
+
+
+def test_a_request_alone_is_admitted_whatever_its_cost():
+    budget = admission.Budget(100)
+    with budget.admit(10_000):
+        with pytest.raises(Rejection):
+            budget.admit(1).__enter__()
+    assert budget.in_use == 0
+
+
+def test_what_a_failed_request_held_is_given_back():
+    budget = admission.Budget(100)
+    with pytest.raises(ValueError):
+        with budget.admit(80):
+            raise ValueError("the request failed")
+    assert budget.in_use == 0
+    with budget.admit(100):
+        pass
+
+
+def test_admission_as_an_async_context_manager():
+    budget = admission.Budget(10)
+
+    async def main():
+        async with budget.admit(6):
+            with pytest.raises(Rejection):
+                async with budget.admit(6):
+                    pass
+            return budget.in_use
+
+    assert asyncio.run(main()) == 6 and budget.in_use == 0
+
+
+def test_the_budget_holds_across_threads():
+    budget = admission.Budget(1000)
+    peak, refused, lock = [0], [0], threading.Lock()
+
+    def work():
+        for _ in range(2000):
+            try:
+                with budget.admit(300):
+                    with lock:
+                        peak[0] = max(peak[0], budget.in_use)
+            except Rejection:
+                with lock:
+                    refused[0] += 1
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert peak[0] <= 900 and budget.in_use == 0 and budget.admitted == 0
+
+
+def test_a_requests_cost_is_its_largest_picture_and_every_input():
+    assert admission.cost([1000, 5000, 3000], 100) == 5000 + 3 * 100
+    assert admission.cost([], 100) == 0
+
+
+# --- errors: client input quoted, never whole ---------------------------------------------------------
+
+
+def test_client_input_is_quoted_to_about_a_hundred_characters():
+    assert quoted("resnet") == "'resnet'"
+    long = quoted("m" * 1_000_000)
+    assert len(long) < QUOTE_LIMIT + 40 and "(1000000 characters)" in long
+    assert quoted("a\x00b\nc") == repr("a\x00b\nc")  # control characters shown escaped, on one line
+
+
+def test_every_rejection_is_one_bounded_line_whoever_wrote_the_message():
+    rejection = Rejection(Reason.INVALID_FIELD, "pydantic said: " + "x" * 50_000 + "\nsecond line", ("y" * 5000, 3))
+    assert "\n" not in rejection.message and len(rejection.message) <= 1000
+    assert len(rejection.loc[0]) <= QUOTE_LIMIT and rejection.loc[1] == 3
+    assert clipped("a \n b") == "a b"
+
+
+# --- the edge --------------------------------------------------------------------------------------------
+
+
+KEY, OTHER_KEY = "k" * 24, "another-key-0123456789"
+
+
+def ok(_):
+    return PlainTextResponse("ok")
+
+
+@pytest.fixture
+def app(tmp_path):
+    (tmp_path / "static").mkdir()
+    (tmp_path / "static" / "style.css").write_text("body {}")
+    inner = Starlette(routes=[
+        Route("/classify", ok, methods=["POST"]), Route("/models", ok), Route("/livez", ok), Route("/readyz", ok),
+        Route("/metrics", ok), Mount("/static_content", StaticFiles(directory=tmp_path / "static")),
+    ])
+    return inner
+
+
+def client(app, **options) -> TestClient:
+    return TestClient(access.wrap(app, **options))
+
+
+def reason_of(response) -> str:
+    return response.json()["detail"][0]["type"]
+
+
+@pytest.mark.parametrize("method,path,status,reason", [
+    ("GET", "/nope", 404, "not_found"),
+    ("GET", "/classify/../../etc/passwd", 404, "not_found"),
+    ("GET", "/static_content/../../../etc/passwd", 404, "not_found"),
+    ("GET", "/static_content/missing.css", 404, "not_found"),
+    ("GET", "/" + "a" * 10_000, 404, "not_found"),
+    ("GET", "/classify", 405, "method_not_allowed"),
+    ("HEAD", "/classify", 405, "method_not_allowed"),
+    ("OPTIONS", "/classify", 405, "method_not_allowed"),
+    ("DELETE", "/models", 405, "method_not_allowed"),
+    ("POST", "/static_content/style.css", 405, "method_not_allowed"),
+])
+def test_paths_and_methods_the_application_does_not_serve_are_json_refusals(app, method, path, status, reason):
+    response = client(app).request(method, path)
+    assert response.status_code == status
+    if method != "HEAD":
+        assert reason_of(response) == reason and len(response.content) < 1000
+    if status == 405:
+        assert "Allow" in response.headers
+
+
+@pytest.mark.parametrize("method,path", [("POST", "/classify"), ("GET", "/models?x=1"), ("HEAD", "/models"),
+                                         ("GET", "/static_content/style.css")])
+def test_what_the_application_serves_passes(app, method, path):
+    assert client(app).request(method, path).status_code == 200
+
+
+def test_with_api_keys_every_route_but_the_probes_needs_one(app):
+    guarded = client(app, api_keys=[KEY, OTHER_KEY])
+    for headers in ({}, {"Authorization": "Bearer wrong-key-000000000"}, {"Authorization": f"Basic {KEY}"},
+                    {"Authorization": f"Bearer {KEY[:-1]}"}, {"Authorization": "Bearer \u00e9\u00e9".encode("latin-1")}):
+        response = guarded.post("/classify", headers=headers)
+        assert response.status_code == 401 and reason_of(response) == "unauthorized", headers
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+    for key in (KEY, OTHER_KEY):
+        assert guarded.post("/classify", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+        assert guarded.post("/classify", headers={"authorization": f"bearer {key}"}).status_code == 200
+    for path in ("/livez", "/readyz", "/metrics"):
+        assert guarded.get(path).status_code == 200
+    assert client(app, api_keys=[KEY], metrics_require_key=True).get("/metrics").status_code == 401
+    assert client(app).post("/classify").status_code == 200  # no keys: open
+
+
+def test_cors_is_off_by_default_and_on_for_the_origins_given(app):
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization"}
+    assert "access-control-allow-origin" not in client(app).post("/classify", headers={"Origin": "https://app.example"}).headers
+    assert client(app).options("/classify", headers=preflight).status_code == 405
+    cors = client(app, api_keys=[KEY], cors_origins=["https://app.example"])
+    answer = cors.options("/classify", headers=preflight)  # a preflight carries no key
+    assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == "https://app.example"
+    refused = cors.post("/classify", headers={"Origin": "https://app.example"})
+    assert refused.status_code == 401 and refused.headers["access-control-allow-origin"] == "https://app.example"
+    other = cors.post("/classify", headers={"Origin": "https://evil.example", "Authorization": f"Bearer {KEY}"})
+    assert other.status_code == 200 and "access-control-allow-origin" not in other.headers
+
+
+# --- settings ----------------------------------------------------------------------------------------------
+
+
+def test_the_new_settings_are_read_and_checked():
+    config = settings.load({"SERVICE_API_KEYS": f"{KEY}, {OTHER_KEY}", "SERVICE_CORS_ORIGINS": "https://a.example:8443",
+                            "SERVICE_METRICS_REQUIRE_KEY": "1", "SERVICE_MAX_INFLIGHT_PIXELS": "50000000"})
+    assert config.api_keys == (KEY, OTHER_KEY) and config.cors_origins == ("https://a.example:8443",)
+    assert config.metrics_require_key and config.max_inflight_pixels == 50_000_000
+    defaults = settings.load({})
+    assert defaults.api_keys == () and defaults.cors_origins == () and not defaults.metrics_require_key
+    for environ, named in [({"SERVICE_API_KEYS": "short"}, "SERVICE_API_KEYS"),
+                           ({"SERVICE_CORS_ORIGINS": "https://a.example/path"}, "SERVICE_CORS_ORIGINS"),
+                           ({"SERVICE_METRICS_REQUIRE_KEY": "1"}, "SERVICE_METRICS_REQUIRE_KEY"),
+                           ({"SERVICE_MAX_INFLIGHT_PIXELS": "1000"}, "SERVICE_MAX_INFLIGHT_PIXELS")]:
+        with pytest.raises(settings.SettingsError) as caught:
+            settings.load(environ)
+        assert named in str(caught.value)
+    with pytest.raises(settings.SettingsError) as caught:
+        settings.load({"SERVICE_API_KEYS": f"{KEY},has space in it 0123"})
+    assert KEY not in str(caught.value)  # a key never in a log line
+
+
+def test_describe_never_prints_the_keys():
+    text = settings.describe({"SERVICE_API_KEYS": f"{KEY},{OTHER_KEY}"})
+    assert KEY not in text and OTHER_KEY not in text and "2 keys" in text
