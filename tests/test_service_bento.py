@@ -10,9 +10,6 @@ themselves are built and run by the system tier (tests/test_container.py).
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
-import sys
 import tarfile
 from importlib import metadata
 from pathlib import Path
@@ -23,35 +20,17 @@ from packaging.requirements import Requirement
 
 from service.dependencies import main as write_requirements, pin_installed, serving_requirements
 from loadtests.servers import REPO, serve_env, serving
-from tests.service_helpers import GRAY_MODEL, JPEG_SAMPLE, RGB_MODEL, register
+from tests.service_helpers import GRAY_MODEL, JPEG_SAMPLE, RGB_MODEL, export_bento
 
 DOCKERFILE = (REPO / "Dockerfile").read_text()
-
-
-def run(*command: str, cwd: Path, env: dict[str, str]) -> str:
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, f"{' '.join(command)}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result.stdout
 
 
 @pytest.fixture(scope="module")
 def bento(tmp_path_factory) -> Path:
     """The exported bento, unpacked as the Dockerfile's ADD unpacks it."""
     tmp = tmp_path_factory.mktemp("bento-build")
-    home = tmp / "bentoml-home"
-    register(RGB_MODEL, home)
-    register(GRAY_MODEL, home)
-    context = tmp / "checkout"  # what bentoml build needs of a checkout, and nothing else
-    shutil.copytree(REPO / "service", context / "service", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("bentofile.yaml", "pyproject.toml"):
-        shutil.copy(REPO / name, context)
-    env = serve_env(home, SERVICE_MODELS=f"{RGB_MODEL.name},{GRAY_MODEL.name}")
-    run(sys.executable, "-m", "service.dependencies", "build/requirements-serve.txt", cwd=context, env=env)
-    run(sys.executable, "-m", "bentoml", "build", "-q", str(context), cwd=context, env=env)
-    archive = context / "build" / "bento.tar"
-    run(sys.executable, "-m", "bentoml", "export", "image_classifier:latest", str(archive), "-q", cwd=context, env=env)
     unpacked = tmp / "bento"
-    with tarfile.open(archive) as tar:
+    with tarfile.open(export_bento(tmp)) as tar:
         tar.extractall(unpacked, filter="data")
     return unpacked
 
