@@ -11,7 +11,16 @@ TRITON_STAMP := $(TRITON_VENV)/.installed-stamp
 # Demo and test runs stay on the CPU and quiet unless asked otherwise.
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: help install demo test test-system serve bento image reproduce bench triton-peer locust clean
+# Container images (Dockerfile): docker where its daemon answers, else podman. Each base's Python
+# version is what its wheelhouse is fetched for (the Dockerfile checks they agree).
+CONTAINER_ENGINE ?= $(shell docker info > /dev/null 2>&1 && echo docker || echo podman)
+GPU_PYTHON       ?= 3.12
+CPU_BASE_IMAGE   ?= python:3.11-slim-bookworm
+CPU_PYTHON       ?= 3.11
+# podman keeps a HEALTHCHECK only in Docker's image format (docker ignores this).
+export BUILDAH_FORMAT ?= docker
+
+.PHONY: help install demo test test-system serve bento bento-export wheels-gpu wheels-cpu image image-cpu reproduce bench triton-peer locust clean
 
 help:
 	@echo "make demo   - install, then train (and export, serve) on the built-in demo dataset"
@@ -19,7 +28,8 @@ help:
 	@echo "make test-system - the system tier: containers, Prometheus, a browser (needs .ci/system-packages.txt installed)"
 	@echo "make serve  - serve the registered models on http://localhost:3000 (SERVICE_MODELS=... picks them)"
 	@echo "make bento  - build a bento (service, serving requirements, models) with bentoml build"
-	@echo "make image  - the GPU Docker image of that bento (needs a Docker engine)"
+	@echo "make image  - the GPU image of that bento, convnet-serving:gpu (CONTAINER_ENGINE=docker|podman)"
+	@echo "make image-cpu - the CPU image, convnet-serving:cpu (CPU_BASE_IMAGE=... another base; docs/deployment.md)"
 	@echo "make reproduce DATA=... MNIST=... WEIGHTS=...  - the seed documents' accuracy ladder on real data (hours)"
 	@echo "make bench MODEL=... IMAGES=...  - the benchmark harness (docs/benchmarks.md), reports in reports/"
 	@echo "            BENCH_ARGS='--peer triton' also measures Triton Inference Server (makes its venv first)"
@@ -60,9 +70,27 @@ bento: $(STAMP)
 	$(BIN)/python -m service.dependencies build/requirements-serve.txt
 	$(BIN)/bentoml build
 
-image: bento
-	$(BIN)/bentoml export image_classifier:latest build/bento.tar
-	docker build -t convnet-serving:gpu .
+# The bento as the Dockerfile takes it; bentoml export needs an absolute path.
+bento-export: bento
+	rm -f build/bento.tar
+	$(BIN)/bentoml export image_classifier:latest $(CURDIR)/build/bento.tar
+
+# The images' Python packages, fetched here (deploy/container/wheelhouse.sh) so that the build needs
+# no network; BentoML pinned to the version that builds the bento.
+wheels-gpu: $(STAMP)
+	$(BIN)/python -m service.dependencies --pin-installed bentoml build/requirements-gpu.txt
+	PYTHON=$(BIN)/python deploy/container/wheelhouse.sh build/requirements-gpu.txt $(GPU_PYTHON) build/wheels-gpu
+
+wheels-cpu: $(STAMP)
+	$(BIN)/python -m service.dependencies --cpu --pin-installed bentoml build/requirements-cpu.txt
+	PYTHON=$(BIN)/python deploy/container/wheelhouse.sh build/requirements-cpu.txt $(CPU_PYTHON) build/wheels-cpu
+
+image: bento-export wheels-gpu
+	$(CONTAINER_ENGINE) build --build-arg WHEELHOUSE=build/wheels-gpu -t convnet-serving:gpu .
+
+image-cpu: bento-export wheels-cpu
+	$(CONTAINER_ENGINE) build --build-arg BASE_IMAGE=$(CPU_BASE_IMAGE) --build-arg WHEELHOUSE=build/wheels-cpu \
+		-t convnet-serving:cpu .
 
 # The seed documents' table on real data: train + export the ladder and MNIST (hours on 2 cores;
 # rungs already trained with the same options are reused), then measure them through the service.

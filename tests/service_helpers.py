@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import struct
+import subprocess
+import sys
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,7 +24,7 @@ import numpy as np
 import requests
 
 from loadtests.images import encode, photo_like
-from loadtests.servers import Server, adaptive_batches
+from loadtests.servers import REPO, Server, adaptive_batches, serve_env
 
 
 # --- hand-built models ------------------------------------------------------------------------------
@@ -144,6 +147,32 @@ def register(model: TinyModel, bentoml_home: Path, *, onnx: bytes | None = None,
         Path(stored.path, "model.onnx").write_bytes(onnx)
         Path(stored.path, "manifest.json").write_text(json.dumps(manifest, indent=2))
     return str(stored.tag)
+
+
+def run(*command: str, cwd: Path, env: dict[str, str], timeout: float = 300) -> str:
+    """`command`'s standard output; its output in the assertion message when it fails."""
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{' '.join(command)}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+def export_bento(workdir: Path, models: tuple[TinyModel, ...] = ()) -> Path:
+    """The bento of `models` (default: RGB_MODEL and GRAY_MODEL), built as `make bento-export` builds
+    it but from a copy of what a checkout holds for it, exported to workdir/checkout/build/bento.tar."""
+    models = models or (RGB_MODEL, GRAY_MODEL)
+    home = workdir / "bentoml-home"
+    for model in models:
+        register(model, home)
+    context = workdir / "checkout"  # what bentoml build needs of a checkout, and nothing else
+    shutil.copytree(REPO / "service", context / "service", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("bentofile.yaml", "pyproject.toml"):
+        shutil.copy(REPO / name, context)
+    env = serve_env(home, SERVICE_MODELS=",".join(model.name for model in models))
+    run(sys.executable, "-m", "service.dependencies", "build/requirements-serve.txt", cwd=context, env=env)
+    run(sys.executable, "-m", "bentoml", "build", "-q", str(context), cwd=context, env=env)
+    archive = context / "build" / "bento.tar"
+    run(sys.executable, "-m", "bentoml", "export", "image_classifier:latest", str(archive), "-q", cwd=context, env=env)
+    return archive
 
 
 # --- images ----------------------------------------------------------------------------------------

@@ -1,17 +1,15 @@
-"""Deployment: the bento and the Dockerfile's steps, as far as they run without Docker.
+"""Deployment: the bento and the Dockerfile's steps, as far as they run without a container engine.
 
 In a copy of the checkout's service files: generate the requirements from pyproject.toml,
-`bentoml build`, `bentoml export` to the tar the Dockerfile unpacks, run the Dockerfile's install
-step against the bento's requirements (a dry run, offline), and serve the unpacked bento from an
-empty directory with an empty BentoML home: it carries its code and models itself.
+`bentoml build`, `bentoml export` to the tar the Dockerfile unpacks, check that the images'
+requirements (service.dependencies, GPU and CPU) are the bento's, and serve the unpacked bento from
+an empty directory with an empty BentoML home: it carries its code and models itself. The images
+themselves are built and run by the system tier (tests/test_container.py).
 """
 
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
-import sys
 import tarfile
 from importlib import metadata
 from pathlib import Path
@@ -20,37 +18,19 @@ import pytest
 import requests
 from packaging.requirements import Requirement
 
-from service.dependencies import serving_requirements
+from service.dependencies import main as write_requirements, pin_installed, serving_requirements
 from loadtests.servers import REPO, serve_env, serving
-from tests.service_helpers import GRAY_MODEL, JPEG_SAMPLE, RGB_MODEL, register
+from tests.service_helpers import GRAY_MODEL, JPEG_SAMPLE, RGB_MODEL, export_bento
 
 DOCKERFILE = (REPO / "Dockerfile").read_text()
-
-
-def run(*command: str, cwd: Path, env: dict[str, str]) -> str:
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, f"{' '.join(command)}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result.stdout
 
 
 @pytest.fixture(scope="module")
 def bento(tmp_path_factory) -> Path:
     """The exported bento, unpacked as the Dockerfile's ADD unpacks it."""
     tmp = tmp_path_factory.mktemp("bento-build")
-    home = tmp / "bentoml-home"
-    register(RGB_MODEL, home)
-    register(GRAY_MODEL, home)
-    context = tmp / "checkout"  # what bentoml build needs of a checkout, and nothing else
-    shutil.copytree(REPO / "service", context / "service", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("bentofile.yaml", "pyproject.toml"):
-        shutil.copy(REPO / name, context)
-    env = serve_env(home, SERVICE_MODELS=f"{RGB_MODEL.name},{GRAY_MODEL.name}")
-    run(sys.executable, "-m", "service.dependencies", "build/requirements-serve.txt", cwd=context, env=env)
-    run(sys.executable, "-m", "bentoml", "build", "-q", str(context), cwd=context, env=env)
-    archive = context / "build" / "bento.tar"
-    run(sys.executable, "-m", "bentoml", "export", "image_classifier:latest", str(archive), "-q", cwd=context, env=env)
     unpacked = tmp / "bento"
-    with tarfile.open(archive) as tar:
+    with tarfile.open(export_bento(tmp)) as tar:
         tar.extractall(unpacked, filter="data")
     return unpacked
 
@@ -99,19 +79,52 @@ def test_serving_needs_no_tensorflow():
     assert not {"tensorflow", "keras", "tf2onnx", "onnx", "tensorflow-cpu"} & installed
 
 
-def test_dockerfiles_install_step_resolves_the_bentos_requirements_offline(bento):
-    # The Dockerfile installs exactly the bento's requirements file...
-    assert "COPY --from=bento /bento/env/python/requirements.txt /tmp/requirements.txt" in DOCKERFILE
-    assert re.search(r"^RUN pip install -r /tmp/requirements.txt", DOCKERFILE, re.M)
-    # ...which pip resolves, here without an index: what is installed satisfies every line.
-    run(sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "-r", "requirements.txt",
-        cwd=bento / "env/python", env=serve_env(bento))
+def test_the_gpu_images_requirements_are_the_bentos_with_bentoml_pinned(bento):
+    """The image installs service.dependencies' list (bentoml pinned) from its wheelhouse: the very
+    requirements BentoML wrote into the bento, its own pin included."""
+    lines = [line for line in (bento / "env/python/requirements.txt").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    image = pin_installed(serving_requirements(), ["bentoml"])
+    loose = [r for r in serving_requirements() if Requirement(r).name == "bentoml"]
+    assert {str(Requirement(r)) for r in image} == {str(Requirement(r)) for r in lines} - {str(Requirement(r)) for r in loose}
+
+
+def test_the_cpu_variant_swaps_onnxruntime_gpu_for_the_cpu_build_on_every_platform():
+    gpu, cpu = serving_requirements(), serving_requirements(cpu=True)
+    names = [Requirement(r).name for r in cpu]
+    assert "onnxruntime-gpu" not in names and names.count("onnxruntime") == 1
+    (runtime,) = [Requirement(r) for r in cpu if Requirement(r).name == "onnxruntime"]
+    assert runtime.marker is None and runtime.specifier  # the bounds stay, the platform markers go
+    assert [r for r in cpu if Requirement(r).name != "onnxruntime"] == \
+        [r for r in gpu if Requirement(r).name not in ("onnxruntime", "onnxruntime-gpu")]
+
+
+def test_dependencies_cli_writes_the_cpu_variant_pinned_and_refuses_unknown_pins(tmp_path, capsys):
+    output = tmp_path / "requirements-cpu.txt"
+    write_requirements(["--cpu", "--pin-installed", "bentoml", str(output)])
+    lines = [line for line in output.read_text().splitlines() if not line.startswith("#")]
+    assert lines == pin_installed(serving_requirements(cpu=True), ["bentoml"])
+    assert f"bentoml=={metadata.version('bentoml')}" in lines
+    with pytest.raises(SystemExit) as stopped:
+        write_requirements(["--pin-installed", "not-a-package-here", str(output)])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: --pin-installed not-a-package-here: not installed here"
+
+
+def test_dockerfile_installs_only_from_the_wheelhouse_of_its_bases_python():
+    assert re.search(r"^ARG WHEELHOUSE=build/wheels-gpu$", DOCKERFILE, re.M)
+    assert "--mount=type=bind,source=${WHEELHOUSE},target=/wheels" in DOCKERFILE
+    assert "pip install --no-index --find-links /wheels -r /wheels/requirements.txt" in DOCKERFILE
+    assert not re.search(r"pip install(?!.*--no-index)", DOCKERFILE)  # no other install that could reach an index
+    ignored = (REPO / ".dockerignore").read_text()
+    for path in ("build/bento.tar", "build/wheels-cpu/", "build/wheels-gpu/"):
+        assert f"!{path}" in ignored
 
 
 def test_dockerfile_matches_onnxruntimes_cuda_and_runs_as_a_healthchecked_user():
     from onnxruntime.capi import build_and_package_info
 
-    base = re.search(r"^ARG CUDA_IMAGE=nvidia/cuda:(\d+)\.(\d+)\.\d+-cudnn-runtime-\S+$", DOCKERFILE, re.M)
+    base = re.search(r"^ARG BASE_IMAGE=nvidia/cuda:(\d+)\.(\d+)\.\d+-cudnn-runtime-\S+$", DOCKERFILE, re.M)
     assert base, "the GPU image starts from an nvidia/cuda cuDNN runtime image"
     cuda = getattr(build_and_package_info, "cuda_version", None)
     if cuda:  # the GPU build of ONNX Runtime: the image's CUDA major version must be its own
@@ -119,7 +132,6 @@ def test_dockerfile_matches_onnxruntimes_cuda_and_runs_as_a_healthchecked_user()
     assert re.search(r"^USER bentoml$", DOCKERFILE, re.M)
     assert re.search(r"^HEALTHCHECK .*\n?.*/readyz", DOCKERFILE, re.M)
     assert re.search(r"^EXPOSE 3000$", DOCKERFILE, re.M)
-    assert "build/bento.tar" in (REPO / ".dockerignore").read_text()
 
 
 def test_the_unpacked_bento_serves_by_itself(bento, tmp_path):
