@@ -56,9 +56,9 @@ def test_metadata_names_the_models_inputs_and_outputs():
 
 def test_spec_of_a_package_reads_the_manifest():
     manifest = {"outputs": {"features": {"shape": [None, 1280]}}}
-    package = ModelPackage("m", "v9", Path("."), manifest, InputSpec(224, 224, 3), ("a", "b"), Path("m.onnx"), None)
+    package = ModelPackage("m", "v9", Path("."), manifest, InputSpec(224, 224, 3), ("a", "b"), Path("m.onnx"))
     assert v2.ModelSpec.of(package) == v2.ModelSpec("m", "v9", 224, 224, 3, ("a", "b"), 1280)
-    assert v2.ModelSpec.of(ModelPackage("m", "v9", Path("."), {}, InputSpec(8, 8, 1), ("a",), Path("m.onnx"), None)).feature_dim == -1
+    assert v2.ModelSpec.of(ModelPackage("m", "v9", Path("."), {}, InputSpec(8, 8, 1), ("a",), Path("m.onnx"))).feature_dim == -1
 
 
 def test_binary_bytes_input_as_tritonclient_sends_it():
