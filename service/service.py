@@ -39,7 +39,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
-from . import engine, explain, imaging, metrics, registry, settings
+from . import engine, explain, imaging, metrics, registry, settings, ui
 from .errors import Reason, Rejection
 from .registry import ModelError, ModelPackage
 from .requests import ClassifyInput, ExplainInput, FeaturesInput, ImagesInput, RequestGuard
@@ -238,6 +238,7 @@ class ModelList(BaseModel):
 
 # GET routes beside BentoML's POST APIs; BentoML merges their OpenAPI paths into its own.
 http = FastAPI(title="models", docs_url=None, redoc_url=None, openapi_url=None)
+ui.mount(http)  # GET /ui: the page for people (service/ui.py)
 
 
 @bentoml.service(name="image_classifier", workers=SETTINGS.workers, traffic={"timeout": SETTINGS.timeout_s})
