@@ -3,7 +3,8 @@
 A randomly initialised MobileNetV2 passes almost no signal (its pooled features are of the order of
 1e-10), so a frozen one gives the transfer rungs nothing to learn from. The demo therefore
 pretrains the base itself, on a second generated dataset of a different task (demo_data's
-PRETRAINING_SHAPES: rings, crosses, stars, hexagons, half discs), and the transfer rung starts from
+PRETRAINING_SHAPES: rings, crosses, stars, pentagons, hexagons, half discs, ellipses), and the
+transfer rung starts from
 it through `--base-weights PATH` as any user's own pretraining would: the transfer learning of the
 lessons, with a source task made here instead of ImageNet.
 
