@@ -116,4 +116,4 @@ locust: $(STAMP)
 		-u $(or $(USERS),16) -r 4 -t $(or $(TIME),1m) --csv reports/locust --html reports/locust.html
 
 clean:
-	rm -rf $(VENV) $(TRITON_VENV) data/demo models/demo-*
+	rm -rf $(VENV) $(TRITON_VENV) data/demo data/demo-pretraining models/demo-*

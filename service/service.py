@@ -35,7 +35,7 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from . import access, admission, engine, explain, imaging, metrics, observe, registry, responses, settings, shutdown, v2_routes
+from . import access, admission, engine, explain, imaging, metrics, observe, registry, responses, settings, shutdown, ui, v2_routes
 from .errors import Reason, Rejection, quoted
 from .inference import Inference, explainable
 from .registry import ModelError, ModelPackage
@@ -103,6 +103,7 @@ http.include_router(v2_routes.router(v2_routes.Core(
     ready=lambda: bentoml.get_current_service().__is_ready__(),
     decode_limiter=lambda: bentoml.get_current_service().decode_limiter,
 )))
+ui.mount(http)  # GET /ui: the page for people (service/ui.py)
 
 
 @bentoml.service(name="image_classifier", workers=SETTINGS.workers, traffic={"timeout": SETTINGS.timeout_s})

@@ -53,11 +53,14 @@ def test_a_missing_data_folder_is_one_line_without_traceback(tmp_path):
         (["train", "scratch", "--data", "{data}", "--seed", "-1"], "--seed -1 is not between 0 and 4294967295"),
         (["train", "transfer", "--data", "{data}", "--base-weights", "{tmp}/text.weights.h5", "--image-size", "48"],
          "text.weights.h5 is not a weights file Keras can read"),
+        (["train", "transfer", "--data", "{data}", "--base-weights", "{tmp}/text.keras", "--image-size", "48"],
+         "text.keras is not a Keras model file Keras can read"),
         (["export", "{unsplit_model}", "--data", "{train_only}", "--no-register"], "has no test/ or validation/ folder"),
     ],
 )
 def test_user_mistakes_are_one_error_line(tmp_path, capfd, offline, request, binary_data, mnist_npz, args, message):
     (tmp_path / "text.weights.h5").write_text("not an HDF5 file")
+    (tmp_path / "text.keras").write_text("not a zip file")
     unsplit_model = train_only = None
     if "{unsplit_model}" in args:
         unsplit_model, train_only = _trained_without_validation_split(tmp_path, request.getfixturevalue("trained_models"))

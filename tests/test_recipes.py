@@ -153,6 +153,62 @@ def test_weights_from_a_file(tmp_path):
         build_base("mobilenet_v2", (48, 48, 3), str(path), alpha=0.5)
 
 
+def _pretrained(tmp_path, *, nested: bool):
+    """A MobileNetV2 of one's own pretraining saved as a .keras file: alone, or inside a classifier."""
+    import keras
+
+    base, _ = build_base("mobilenet_v2", (40, 40, 3), "none", alpha=0.35)
+    model = base
+    if nested:
+        inputs = keras.Input((40, 40, 3))
+        model = keras.Model(inputs, keras.layers.Dense(5, name="top")(keras.layers.GlobalAveragePooling2D()(base(inputs))))
+    path = tmp_path / f"{'nested' if nested else 'alone'}.keras"
+    model.save(path)
+    return base, path
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_a_keras_model_file_of_ones_own_pretraining_gives_the_base_its_weights(tmp_path, nested):
+    pretrained, path = _pretrained(tmp_path, nested=nested)
+    # Another input size: a convolution's weights do not depend on it.
+    loaded, info = build_base("mobilenet_v2", (48, 48, 3), str(path), alpha=0.35)
+    assert info.weights == "file" and info.source == str(path.resolve())
+    assert len(loaded.weights) == len(pretrained.weights)
+    for mine, theirs in zip(loaded.weights, pretrained.weights):
+        np.testing.assert_array_equal(mine, theirs)
+    with pytest.raises(UserError, match=r"does not fit MobileNetV2 alpha 0.5: layer '\w+' has weights of shapes"):
+        build_base("mobilenet_v2", (48, 48, 3), str(path), alpha=0.5)
+
+
+def test_a_keras_model_file_without_the_base_is_one_clear_error(tmp_path):
+    import keras
+
+    inputs = keras.Input((40, 40, 3))
+    path = tmp_path / "other.keras"
+    keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs))).save(path)
+    with pytest.raises(UserError, match=r"other.keras holds no MobileNetV2 alpha 0.35 base: it has no layer 'Conv1'"):
+        build_base("mobilenet_v2", (48, 48, 3), str(path))
+    (tmp_path / "broken.keras").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(UserError, match="broken.keras is not a Keras model file Keras can read"):
+        build_base("mobilenet_v2", (48, 48, 3), str(tmp_path / "broken.keras"))
+
+
+def test_the_manifest_records_a_base_of_ones_own_pretraining_as_its_source(tmp_path, binary_data):
+    from training.config import resolve
+    from training.train import train
+
+    pretrained, path = _pretrained(tmp_path, nested=True)
+    manifest = train("transfer", resolve("transfer", image_size=(48, 48), epochs=1, base_weights=str(path)),
+                     data=binary_data, name="own-base", models_dir=tmp_path / "models")
+    assert manifest["base"]["weights"] == "file" and manifest["base"]["weights_source"] == str(path.resolve())
+    assert manifest["hyperparameters"]["base_weights"] == str(path)
+    import keras
+
+    trained = keras.models.load_model(tmp_path / "models" / "own-base" / "model.keras")
+    np.testing.assert_array_equal(trained.get_layer("classifier").get_layer("base").get_layer("Conv_1").kernel,
+                                  pretrained.get_layer("Conv_1").kernel)  # frozen: as pretrained
+
+
 def test_bad_base_options():
     with pytest.raises(UserError, match="alpha must be one of"):
         build_base("mobilenet_v2", (48, 48, 3), "none", alpha=0.4)

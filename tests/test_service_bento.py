@@ -142,6 +142,8 @@ def test_the_unpacked_bento_serves_by_itself(bento, tmp_path):
         listing = requests.get(server.url + "/models", timeout=10).json()
         response = requests.post(server.url + "/classify", files=[("images", ("a.jpg", JPEG_SAMPLE))],
                                  data={"model": RGB_MODEL.name}, timeout=60)
+        page = requests.get(server.url + "/ui/app.js", timeout=10)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/javascript")  # bentofile's include
     assert sorted(m["name"] for m in listing["models"]) == sorted([RGB_MODEL.name, GRAY_MODEL.name])
     assert response.status_code == 200, response.text
     assert response.json()[0]["label"] in RGB_MODEL.classes

@@ -158,6 +158,15 @@ def test_openapi_documents_every_endpoint_and_field(server):
 # --- bad input: a 4xx naming the problem, then the server still answers -----------------------------
 
 
+def test_the_page_for_people_is_served_beside_the_apis(server):
+    """GET /ui and its files (service/ui.py; in a browser: test_ui_browser.py), outside the OpenAPI page."""
+    for path, kind in (("/ui", "text/html"), ("/ui/app.js", "text/javascript"), ("/ui/style.css", "text/css")):
+        response = requests.get(server.url + path, timeout=10)
+        assert response.status_code == 200 and response.headers["content-type"].startswith(kind), path
+    assert requests.get(server.url + "/ui/nothing.js", timeout=10).status_code == 404
+    assert "/ui" not in requests.get(server.url + "/docs.json", timeout=10).json()["paths"]
+
+
 @pytest.mark.parametrize("name", list(BAD_REQUESTS))
 def test_bad_input_is_a_4xx_naming_the_problem_and_the_server_keeps_serving(server, name):
     check_refusal(server, "/classify", name)

@@ -1,7 +1,11 @@
 """Pretrained convolutional bases from keras.applications, and where their weights come from.
 
 `--base-weights imagenet` downloads through Keras (cached in ~/.keras/models); a path loads a local
-weights file; `none` starts from random weights. The model records which of these happened.
+file: a weights file of the base (`.weights.h5`, `.h5`: Keras' own ImageNet files, or
+`base.save_weights(...)`), or a Keras model file (`.keras`) of one's own pretraining, whose layers of
+the base's names give their weights (the base saved alone, or any model holding it, nested or
+not: its own top is left out); `none` starts from random weights. The model records which of these
+happened.
 """
 
 from __future__ import annotations
@@ -30,6 +34,10 @@ class WeightsInfo:
     source: str
 
 
+# A path given as --base-weights with this suffix is a whole Keras model, not a weights file.
+MODEL_SUFFIX = ".keras"
+
+
 @keras.saving.register_keras_serializable(package="training")
 class PreprocessInput(keras.layers.Layer):
     """`keras.applications.<base>.preprocess_input` as a layer, so that the model takes plain pixels."""
@@ -56,7 +64,7 @@ def build_base(base: str, input_shape: tuple[int, int, int], weights: str, *, al
                fallback_to_random: bool = False) -> tuple[keras.Model, WeightsInfo]:
     """The base without its top, named "base", and where its weights came from.
 
-    weights: "imagenet", "none" or a path to a weights file. When ImageNet weights cannot be had
+    weights: "imagenet", "none" or a path to a weights file or model file (see above). When ImageNet weights cannot be had
     (no network, nothing cached), `fallback_to_random` says so in one line and uses random weights;
     otherwise it is an error that names the PATH option.
     """
@@ -86,15 +94,70 @@ def build_base(base: str, input_shape: tuple[int, int, int], weights: str, *, al
             print(f"note: {reason}: using random weights instead (pass --base-weights PATH to use a local file)")
             model, info = _constructor(base)(weights=None, **kwargs), WeightsInfo("random", f"random initialisation: {reason}")
     else:
-        path = Path(weights)
-        if not path.is_file():
-            raise UserError(f"base weights file {path} does not exist")
-        try:
-            model = _constructor(base)(weights=str(path), **kwargs)
-        except ValueError as err:
-            raise UserError(f"{path} does not fit {display}: {str(err).splitlines()[0]}") from None
-        except OSError as err:  # h5py: not an HDF5 file, or a damaged one
-            raise UserError(f"{path} is not a weights file Keras can read ({str(err).splitlines()[0]})") from None
-        info = WeightsInfo("file", str(path.resolve()))
+        model, info = _from_file(Path(weights), _constructor(base)(weights=None, **kwargs), display)
     model.name = "base"
     return model, info
+
+
+def imagenet_available(base: str, input_shape: tuple[int, int, int], *, alpha: float = 0.35) -> bool:
+    """Whether ImageNet weights for `base` can be had: cached in ~/.keras/models, or downloaded now."""
+    try:
+        build_base(base, input_shape, "imagenet", alpha=alpha)
+    except UserError:
+        return False
+    return True
+
+
+def _from_file(path: Path, model: keras.Model, display: str) -> tuple[keras.Model, WeightsInfo]:
+    """`model` (a randomly initialised base) with the weights of `path`: a model file or a weights file."""
+    if not path.is_file():
+        raise UserError(f"base weights file {path} does not exist")
+    if path.name.endswith(MODEL_SUFFIX):
+        _copy_weights(_load_model(path), model, path, display)
+        return model, WeightsInfo("file", str(path.resolve()))
+    try:
+        model.load_weights(str(path))
+    except ValueError as err:
+        raise UserError(f"{path} does not fit {display}: {str(err).splitlines()[0]}") from None
+    except OSError as err:  # h5py: not an HDF5 file, or a damaged one
+        raise UserError(f"{path} is not a weights file Keras can read ({str(err).splitlines()[0]})") from None
+    return model, WeightsInfo("file", str(path.resolve()))
+
+
+def _load_model(path: Path) -> keras.Model:
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as err:  # keras reports a damaged or foreign file as many exception types
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(f"{path} is not a Keras model file Keras can read ({first})") from None
+
+
+def _layers_by_name(model: keras.Model) -> dict[str, keras.layers.Layer]:
+    """Every layer of `model`, nested models' layers included, by name (the innermost first found wins)."""
+    found: dict[str, keras.layers.Layer] = {}
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            for name, inner in _layers_by_name(layer).items():
+                found.setdefault(name, inner)
+        found.setdefault(layer.name, layer)
+    return found
+
+
+def _copy_weights(source: keras.Model, base: keras.Model, path: Path, display: str) -> None:
+    """Give every layer of `base` the weights of the same-named layer of `source`, or say what does not fit.
+
+    By name, not by position, so that the base may sit anywhere in the saved model and the input
+    size may differ (a convolution's weights do not depend on it)."""
+    available = _layers_by_name(source)
+    for layer in base.layers:
+        if not layer.weights:
+            continue
+        other = available.get(layer.name)
+        if other is None:
+            raise UserError(f"{path} holds no {display} base: it has no layer {layer.name!r} "
+                            "(expected the base saved alone or inside the saved model)")
+        shapes, theirs = [tuple(w.shape) for w in layer.weights], [tuple(w.shape) for w in other.weights]
+        if shapes != theirs:
+            raise UserError(f"{path} does not fit {display}: layer {layer.name!r} has weights of shapes {theirs}, "
+                            f"the base's are {shapes}")
+        layer.set_weights(other.get_weights())

@@ -5,6 +5,11 @@ through exactly the loading code that real data goes through. Everything is draw
 the same seed gives the same files. Each image is a coloured shape (circle, square or triangle) of
 random size, colour, tilt and position (near the centre) on a noisy gradient background; `annotations.csv`
 records where the shape is, which lets tests check that a heatmap points at the object.
+
+A second dataset, of other shapes on the same backgrounds (PRETRAINING_SHAPES: rings, crosses,
+stars, pentagons, hexagons, half discs, ellipses), is what the demo pretrains its MobileNetV2 base on when ImageNet
+weights cannot be had (training/pretrain.py): a different task whose edges, corners and curves
+are what the demo's classes are told apart by.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 SHAPES = ("circles", "squares", "triangles")
+PRETRAINING_SHAPES = ("rings", "crosses", "stars", "pentagons", "hexagons", "half-discs", "ellipses")
+# Corners of each polygon and the angle of its first one (before the tilt).
+_POLYGONS = {"squares": (4, math.pi / 4), "triangles": (3, -math.pi / 2), "pentagons": (5, -math.pi / 2), "hexagons": (6, 0.0)}
 SPLITS = ("train", "validation", "test")
 
 
@@ -33,13 +41,24 @@ def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray
 
 
 def _shape_polygon(kind: str, cx: float, cy: float, r: float, tilt: float) -> list[tuple[float, float]]:
-    """Corners of an upright square or triangle, tilted by `tilt` radians."""
-    corners = 4 if kind == "squares" else 3
-    rotation = (math.pi / 4 if kind == "squares" else -math.pi / 2) + tilt
+    """Corners of an upright square, triangle or hexagon, tilted by `tilt` radians."""
+    corners, first = _POLYGONS[kind]
+    rotation = first + tilt
     return [
         (cx + r * math.cos(rotation + 2 * math.pi * k / corners), cy + r * math.sin(rotation + 2 * math.pi * k / corners))
         for k in range(corners)
     ]
+
+
+def _star_or_cross(kind: str, cx: float, cy: float, r: float, tilt: float) -> list[tuple[float, float]]:
+    """A five-pointed star (inner radius 0.45 r) or a plus-shaped cross (arms 0.36 r wide), tilted."""
+    if kind == "stars":
+        points = [(0.45 * r if k % 2 else r, -math.pi / 2 + math.pi * k / 5) for k in range(10)]
+    else:
+        a = 0.36 * r
+        corners = [(a, r), (-a, r), (-a, a), (-r, a), (-r, -a), (-a, -a), (-a, -r), (a, -r), (a, -a), (r, -a), (r, a), (a, a)]
+        points = [(math.hypot(x, y), math.atan2(y, x)) for x, y in corners]
+    return [(cx + d * math.cos(angle + tilt), cy + d * math.sin(angle + tilt)) for d, angle in points]
 
 
 def draw_shape(rng: np.random.Generator, kind: str, width: int, height: int) -> tuple[Image.Image, tuple[int, int, int, int]]:
@@ -55,13 +74,30 @@ def draw_shape(rng: np.random.Generator, kind: str, width: int, height: int) -> 
     mean = background.reshape(-1, 3).mean(axis=0)
     colour = np.where(mean > 127, rng.uniform(0, 90, 3), rng.uniform(165, 255, 3)).astype(int)
     draw = ImageDraw.Draw(img)
+    fill = tuple(int(c) for c in colour)
     if kind == "circles":
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=tuple(colour))
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+    elif kind == "rings":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), outline=fill, width=max(2, int(r / 3)))
+    elif kind == "ellipses":
+        # Elongated at any angle: drawn as a polygon, which Pillow's ellipse cannot tilt.
+        tilt, ratio = rng.uniform(0, math.pi), rng.uniform(0.4, 0.65)
+        points = [(r * math.cos(t), ratio * r * math.sin(t)) for t in np.linspace(0, 2 * math.pi, 48, endpoint=False)]
+        draw.polygon([(cx + x * math.cos(tilt) - y * math.sin(tilt), cy + x * math.sin(tilt) + y * math.cos(tilt)) for x, y in points], fill=fill)
+    elif kind == "half-discs":
+        start = float(rng.uniform(0, 360))
+        draw.pieslice((cx - r, cy - r, cx + r, cy + r), start, start + 180, fill=fill)
     else:
         # Tilted by at most 15 degrees: a few hundred images do not teach a small convnet every rotation.
-        draw.polygon(_shape_polygon(kind, cx, cy, r, rng.uniform(-1, 1) * math.pi / 12), fill=tuple(colour))
+        tilt = rng.uniform(-1, 1) * math.pi / 12
+        outline = _star_or_cross(kind, cx, cy, r, tilt) if kind in ("stars", "crosses") else _shape_polygon(kind, cx, cy, r, tilt)
+        draw.polygon(outline, fill=fill)
     box = (int(cx - r), int(cy - r), int(math.ceil(cx + r)), int(math.ceil(cy + r)))
     return img, box
+
+
+def _singular(kind: str) -> str:
+    return kind[:-2] if kind.endswith("sses") else kind[:-1]  # circle.0000.jpg, cross.0000.jpg
 
 
 def generate_demo_dataset(
@@ -77,21 +113,23 @@ def generate_demo_dataset(
     `per_class` gives the number of images per class in each split (default 100/30/40: 510 images
     for three classes). Image sides vary within `size_range` so that resizing is exercised.
     """
-    unknown = set(classes) - set(SHAPES)
+    unknown = set(classes) - set(SHAPES + PRETRAINING_SHAPES)
     if unknown:
-        raise ValueError(f"unknown demo classes {sorted(unknown)}; choose from {SHAPES}")
+        raise ValueError(f"unknown demo classes {sorted(unknown)}; choose from {SHAPES + PRETRAINING_SHAPES}")
     per_class = per_class or {"train": 100, "validation": 30, "test": 40}
     directory = Path(directory)
     rng = np.random.default_rng(seed)
     rows = []
     for split in SPLITS:
+        if not per_class.get(split):
+            continue  # no empty split folder: the loader would take it for a split with empty classes
         for kind in classes:
             folder = directory / split / kind
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(per_class.get(split, 0)):
                 width, height = (int(v) for v in rng.integers(size_range[0], size_range[1] + 1, size=2))
                 img, box = draw_shape(rng, kind, width, height)
-                name = f"{kind[:-1]}.{i:04d}.jpg"
+                name = f"{_singular(kind)}.{i:04d}.jpg"
                 img.save(folder / name, quality=92)
                 rows.append((split, kind, name, *box))
     with open(directory / "annotations.csv", "w", newline="") as f:

@@ -1,0 +1,100 @@
+"""The demo's own pretrained base, for when ImageNet weights cannot be had (offline, nothing cached).
+
+A randomly initialised MobileNetV2 passes almost no signal (its pooled features are of the order of
+1e-10), so a frozen one gives the transfer rungs nothing to learn from. The demo therefore
+pretrains the base itself, on a second generated dataset of a different task (demo_data's
+PRETRAINING_SHAPES: rings, crosses, stars, pentagons, hexagons, half discs, ellipses), and the
+transfer rung starts from
+it through `--base-weights PATH` as any user's own pretraining would: the transfer learning of the
+lessons, with a source task made here instead of ImageNet.
+
+The pretraining model is the base with a softmax on its pooled features, trained end to end and
+saved whole as `base.keras` (the base is its layer "base"), with `pretraining.json` saying what it
+was trained on and how well it learnt it. Same options, same data: the saved base is reused.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import keras
+from keras import layers
+
+from .bases import PreprocessInput, build_base
+from .config import resolve
+from .data import load_datasets
+from .demo_data import PRETRAINING_SHAPES, generate_demo_dataset
+from .manifest import write_json
+from .recipes import compile_model, output_layer
+from .train import CACHE_DIR, _verbosity
+
+MODEL_FILE = "base.keras"
+RECORD_FILE = "pretraining.json"
+# What the transfer rung's base is frozen with: BatchNormalization runs on its moving statistics.
+# Keras' MobileNetV2 updates them with momentum 0.999, which after a few hundred steps still holds
+# most of their initial values (mean 0, variance 1); 0.9 follows the data within tens of steps.
+BATCH_NORM_MOMENTUM = 0.9
+
+
+def pretraining_data(directory: Path, *, per_class: dict[str, int], seed: int) -> Path:
+    if not (directory / "train").is_dir():
+        print(f"generating the pretraining dataset in {directory} ({', '.join(PRETRAINING_SHAPES)})")
+        generate_demo_dataset(directory, classes=PRETRAINING_SHAPES, per_class=per_class, seed=seed)
+    return directory
+
+
+def pretrain_base(data: Path, out: Path, *, image_size: tuple[int, int], epochs: int, alpha: float = 0.35,
+                  batch_size: int = 32, learning_rate: float = 1e-3, seed: int = 1337) -> dict:
+    """Train MobileNetV2 (alpha `alpha`, random weights) on the image folder `data`; save it to
+    out/base.keras and return the record of out/pretraining.json (its "model" is the file's path)."""
+    options = {"data": str(Path(data).resolve()), "architecture": "mobilenet_v2", "alpha": alpha,
+               "image_size": list(image_size), "epochs": epochs, "batch_size": batch_size,
+               "learning_rate": learning_rate, "optimizer": "adam", "lr_schedule": "cosine", "seed": seed}
+    record_path = out / RECORD_FILE
+    if record_path.is_file() and (out / MODEL_FILE).is_file():
+        stored = json.loads(record_path.read_text())
+        if stored.get("options") == options:
+            print(f"pretrained base: reusing {out / MODEL_FILE} (trained with these options)")
+            return stored
+    out.mkdir(parents=True, exist_ok=True)
+    hp = resolve("transfer", image_size=tuple(image_size), batch_size=batch_size, seed=seed, augment=False)
+    keras.utils.set_random_seed(seed)
+    ds = load_datasets(data, hp, mnist=False, cache_dir=out / CACHE_DIR)
+    print(f"pretraining MobileNetV2 alpha {alpha:g} from random weights on {data}: {ds.info['sizes']['train']} "
+          f"training images, classes {', '.join(ds.classes)}")
+    base, _ = build_base("mobilenet_v2", hp.input_shape, "none", alpha=alpha)
+    for layer in base.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = BATCH_NORM_MOMENTUM
+    inputs = keras.Input(shape=hp.input_shape, name="image")
+    x = PreprocessInput("mobilenet_v2", name="preprocess_input")(inputs)
+    x = layers.GlobalAveragePooling2D(name="features")(base(x))
+    model = keras.Model(inputs, output_layer(len(ds.classes))(x), name="pretraining")
+    # A few epochs from random weights: a rate decaying to 0 (cosine) ends much further than a constant one.
+    steps = int(ds.train.cardinality()) * epochs
+    compile_model(model, len(ds.classes), optimizer="adam",
+                  learning_rate=keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps))
+    start = time.perf_counter()
+    history = model.fit(ds.train, validation_data=ds.validation, epochs=epochs, verbose=_verbosity())
+    seconds = time.perf_counter() - start
+    model.save(out / MODEL_FILE)
+    # Measured as the transfer rung will use the base: inference mode, on the moving statistics.
+    loss, accuracy = model.evaluate(ds.validation, verbose=0)
+    record = {"model": str((out / MODEL_FILE).resolve()), "options": options, "classes": ds.classes,
+              "dataset": ds.info, "epochs_run": len(history.history["loss"]), "seconds": round(seconds, 1),
+              "validation_accuracy": float(accuracy), "validation_loss": float(loss)}
+    write_json(record_path, record)
+    shutil.rmtree(out / CACHE_DIR, ignore_errors=True)
+    return record
+
+
+def describe(record: dict) -> str:
+    """One line: where the base came from and how well it learnt its own task."""
+    sizes = record["dataset"]["sizes"]
+    return (f"MobileNetV2 alpha {record['options']['alpha']:g} pretrained by the demo from random weights on "
+            f"{len(record['classes'])} other shapes ({', '.join(record['classes'])}; {sizes['train']} images, "
+            f"{record['epochs_run']} epochs, {record['seconds']:.0f} s, validation accuracy {record['validation_accuracy']:.1%}) "
+            f"-> {record['model']}")
