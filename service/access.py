@@ -4,7 +4,8 @@ In order:
 1. CORS (SERVICE_CORS_ORIGINS; off by default): browsers' preflights answered, the headers added
    to every answer, refusals included, for the origins allowed.
 2. Routing: a path the service does not serve is 404 `not_found`, a method a route does not take is
-   405 `method_not_allowed` (with Allow), both with the service's JSON body. Routes are read
+   405 `method_not_allowed` (with Allow), both with the service's JSON body; HEAD is answered
+   wherever GET is. Routes are read
    from the application itself (Starlette's own matching, and the files of its static folders),
    so a route added to the service is served without a change here.
 3. API keys (SERVICE_API_KEYS; off by default): `Authorization: Bearer <key>`, compared with each
@@ -51,8 +52,11 @@ class Edge:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # lifespan (and websockets, which the service has none of)
             return await self.app(scope, receive, send)
-        problem = self._route_problem(scope) or (self._key_problem(scope), {})
-        rejection, headers = problem
+        problem = self._route_problem(scope)
+        if problem is not None and scope["method"] == "HEAD" and "GET" in problem[1].get("Allow", ""):
+            # HEAD is GET without the body (RFC 9110), also where the route was declared for GET alone (FastAPI's).
+            scope, send, problem = {**scope, "method": "GET"}, _without_body(send), None
+        rejection, headers = problem or (self._key_problem(scope), {})
         if rejection is None:
             return await self.app(scope, receive, send)
         response = rejection.response()
@@ -107,6 +111,15 @@ class Edge:
             return None
         what = "an invalid API key" if given else "no API key"
         return Rejection(Reason.UNAUTHORIZED, f"{what}: send the header 'Authorization: Bearer <key>'")
+
+
+def _without_body(send: Send) -> Send:
+    async def head_send(message) -> None:
+        if message["type"] == "http.response.body":
+            message = {**message, "body": b""}
+        await send(message)
+
+    return head_send
 
 
 def _methods_of(route, scope: Scope) -> set[str]:

@@ -245,7 +245,8 @@ BAD_REQUESTS = {
     "webp-canvas-bomb": (dict(images=[("bomb.webp", webp_canvas_bomb())]), 413, "too_many_pixels"),
     # Field values no client should send: quoted back to about 100 characters, never whole.
     "huge-model-name": (dict(model="m" * 500_000), 400, "unknown_model", ["model"]),
-    "huge-field-name": (dict(fields=[("x" * 100_000, "1")]), 400, "malformed_body"),  # the multipart parser refuses the header
+    "long-field-name": (dict(fields=[("x" * 3_000, "1")]), 400, "unknown_field"),
+    "huge-part-header": (dict(fields=[("x" * 100_000, "1")]), 400, "malformed_body"),
     "nul-in-model": (dict(model="tiny\x00rgb"), 400, "unknown_model"),
     "non-utf8-model": (dict(fields=[("model", b"\xff\xfe\xc3(")]), 400, "unknown_model"),
     "model-given-twice": (dict(fields=[("model", RGB_MODEL.name), ("model", GRAY_MODEL.name)]), 400, "invalid_field", ["model"]),

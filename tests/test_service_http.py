@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -273,3 +274,117 @@ def test_overload_is_a_503_to_retry_never_a_500(tmp_path):
     shed = next(r for r in responses if r.status_code == 503)
     assert shed.json()["detail"][0]["type"] == "overloaded" and shed.headers["Retry-After"] == "1"
     assert "Traceback" not in log
+
+
+
+# --- hostile clients: cost nothing, answered in the service's JSON ------------------------------------
+
+
+def raw_request(server, head: bytes, body_parts: list[bytes]) -> None:
+    """Send `head` and the body parts over a raw socket, then leave without reading an answer."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
+        connection.sendall(head)
+        for part in body_parts:
+            connection.sendall(part)
+            time.sleep(0.05)
+
+
+def wait_for_log(server, since: int, text: str, count: int, timeout: float = 20) -> str:
+    deadline = time.monotonic() + timeout
+    while (new := server.log()[since:]).count(text) < count and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return new
+
+
+def test_a_client_that_leaves_mid_body_is_one_log_line_never_a_500(server):
+    body, content_type = urllib3.encode_multipart_formdata([("images", ("a.jpg", JPEG))])
+    since = len(server.log())
+    with_length = (f"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+                   f"Content-Length: {len(body)}\r\n\r\n").encode()
+    raw_request(server, with_length, [body[: len(body) // 2]])
+    chunked = f"POST /features HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+    raw_request(server, chunked, [b"%x\r\n%s\r\n" % (100, body[:100])])
+    new = wait_for_log(server, since, "client gone", 2)
+    assert new.count("client gone") == 2, new
+    assert "Traceback" not in new and "Exception on" not in new and " 500 " not in new, new
+    assert post(server, "/classify").status_code == 200
+
+
+@pytest.mark.parametrize("method,path,status,kind", [
+    ("GET", "/nope", 404, "not_found"),
+    ("POST", "/classify/", 404, "not_found"),
+    ("GET", "/classify/../../etc/passwd", 404, "not_found"),
+    ("GET", "/static_content/../../../../etc/passwd", 404, "not_found"),
+    ("GET", "/%00", 404, "not_found"),
+    ("GET", "/classify", 405, "method_not_allowed"),
+    ("HEAD", "/classify", 405, None),
+    ("OPTIONS", "/explain", 405, "method_not_allowed"),
+    ("PUT", "/features", 405, "method_not_allowed"),
+    ("DELETE", "/models", 405, "method_not_allowed"),
+    ("POST", "/metrics", 405, "method_not_allowed"),
+    ("POST", "/readyz", 405, "method_not_allowed"),
+    ("PATCH", "/livez", 405, "method_not_allowed"),
+    ("HEAD", "/livez", 200, None),
+    ("HEAD", "/models", 200, None),
+    ("GET", "/models?model=x&" + "a" * 2000, 200, None),
+    ("GET", "/docs.json", 200, None),
+], ids=lambda value: str(value)[:40])
+def test_every_path_and_method_is_answered_and_refusals_are_json(server, method, path, status, kind):
+    response = requests.request(method, server.url + path, timeout=30)
+    assert response.status_code == status, response.text[:500]
+    if kind is not None:
+        assert response.headers["content-type"] == "application/json"
+        assert response.json()["detail"][0]["type"] == kind and len(response.content) < 1000
+    if status == 405:
+        assert response.headers["Allow"]
+
+
+def endpoint_labels(metrics: str) -> set[str]:
+    return set(re.findall(r'^bentoml_service_request_\w+\{[^}]*endpoint="([^"]*)"', metrics, re.MULTILINE))
+
+
+def test_metric_labels_stay_a_fixed_set_whatever_paths_clients_invent(server):
+    before = requests.get(server.url + "/metrics", timeout=10).text
+    invented = [f"/invented-{i}" for i in range(30)] + ["/classify/x", "/" + "z" * 3000, "/static_content/nothing.js"]
+    for path in invented:
+        assert requests.get(server.url + path, timeout=10).status_code == 404
+    after = requests.get(server.url + "/metrics", timeout=10).text
+    assert not any(path in label for path in invented for label in endpoint_labels(after))
+    assert endpoint_labels(after) <= endpoint_labels(before) | {"/classify", "/features", "/explain", "/models", "/livez",
+                                                                "/readyz", "/healthz", "/docs.json", "/", "/schema.json"}
+    assert (metric_value(after, "imgcls_rejected_requests_total", reason="not_found")
+            - metric_value(before, "imgcls_rejected_requests_total", reason="not_found")) == len(invented)
+
+
+KEY = "test-key-0123456789abcdef"
+
+
+def test_api_keys_cors_and_the_pixel_budget(tmp_path):
+    """One server with every guard on: API keys (for /metrics too), a CORS origin, and a pixel budget
+    of two requests' worth (the budget's refusals are unit-tested in test_service_reliability.py: the
+    in-process core has no separate inference process left to stop and hold a request with)."""
+    home = tmp_path / "home"
+    register(RGB_MODEL, home)
+    one_request = 60 * 80 + RGB_MODEL.height * RGB_MODEL.width  # JPEG's pixels + the model input's
+    env = serve_env(home, SERVICE_MODELS=RGB_MODEL.name, SERVICE_API_KEYS=f"{KEY},another-key-0123456789",
+                    SERVICE_METRICS_REQUIRE_KEY="1", SERVICE_CORS_ORIGINS="https://app.example",
+                    SERVICE_MAX_IMAGE_PIXELS=str(one_request), SERVICE_MAX_INFLIGHT_PIXELS=str(one_request + 100))
+    authorized = {"Authorization": f"Bearer {KEY}"}
+    files = [("images", ("a.jpg", JPEG))]
+    with serving(env, tmp_path / "server.log") as guarded:
+        url = guarded.url
+        for headers in ({}, {"Authorization": "Bearer not-the-key-0123456789"}, {"Authorization": KEY}):
+            refused = requests.post(url + "/classify", files=files, headers=headers, timeout=30)
+            assert refused.status_code == 401 and refused.json()["detail"][0]["type"] == "unauthorized", refused.text
+        assert requests.post(url + "/classify", files=files, headers=authorized, timeout=30).status_code == 200
+        assert requests.get(url + "/models", timeout=30).status_code == 401
+        assert requests.get(url + "/metrics", timeout=30).status_code == 401
+        assert requests.get(url + "/livez", timeout=30).status_code == requests.get(url + "/readyz", timeout=30).status_code == 200
+        assert "imgcls_rejected_requests_total" in requests.get(url + "/metrics", headers=authorized, timeout=30).text
+        preflight = requests.options(url + "/classify", timeout=30, headers={
+            "Origin": "https://app.example", "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"})
+        assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == "https://app.example"
+        cross = requests.post(url + "/classify", files=files, headers={**authorized, "Origin": "https://app.example"}, timeout=30)
+        assert cross.status_code == 200 and cross.headers["access-control-allow-origin"] == "https://app.example"
+
+        assert "Traceback" not in guarded.log()
