@@ -76,6 +76,7 @@ def card_state(driver, name: str) -> dict | None:
         const card = [...document.querySelectorAll('#results .card')].find(c => c.querySelector('.name').textContent === arguments[0]);
         if (!card) return null;
         const overlay = card.querySelector('.overlay');
+        const seen = (element) => getComputedStyle(element).display !== 'none';
         return {
           busy: card.getAttribute('aria-busy') === 'true',
           error: card.querySelector('.error').hidden ? null : card.querySelector('.error').textContent,
@@ -84,8 +85,8 @@ def card_state(driver, name: str) -> dict | None:
             width: parseFloat(li.querySelector('.bar span').style.width)})),
           predicted: card.dataset.label || null,
           explained: card.dataset.explained || null,
-          heatmapShown: !overlay.hidden && overlay.complete && overlay.naturalWidth > 0,
-          originalShown: !card.querySelector('.original').hidden,
+          heatmapShown: seen(overlay) && overlay.complete && overlay.naturalWidth > 0,
+          originalShown: seen(card.querySelector('.original')),
           timing: card.querySelector('.timing').textContent,
           note: card.querySelector('.heatmap-note').textContent,
         };
