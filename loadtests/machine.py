@@ -11,7 +11,7 @@ from importlib import metadata
 
 import psutil
 
-from service import engine, settings
+from service import settings
 
 PACKAGES = ("onnxruntime-gpu", "onnxruntime", "bentoml", "numpy", "pillow", "simplejpeg", "aiohttp", "uvicorn",
             "tensorflow", "keras", "locust")
@@ -78,7 +78,7 @@ def _gpus() -> list[str]:
             return [line.strip() for line in out.splitlines() if line.strip()]
         except (OSError, subprocess.SubprocessError):
             pass
-    return ["NVIDIA GPU (nvidia-smi not found)"] if engine.gpu_present() else []
+    return ["NVIDIA GPU (nvidia-smi not found)"] if settings.gpu_present() else []
 
 
 def _version(name: str) -> str | None:

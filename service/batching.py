@@ -4,8 +4,10 @@ A request's images join their model's queue (`BatchQueue.run`); BentoML's own ad
 (CorkDispatcher, what `@bentoml.api(batchable=True)` uses) gathers the images of concurrent requests
 into one batch, within SERVICE_MAX_BATCH_SIZE and SERVICE_MAX_LATENCY_MS, and calls the engine once
 for it, in a thread of its own (ONNX Runtime releases the GIL: the event loop goes on parsing and
-decoding meanwhile). A queue has at most one batch running; every model, and /explain's graph, has
-its own queue, so no model's batch waits behind another's.
+decoding meanwhile). A queue runs up to `concurrency` batches at once (SERVICE_CONCURRENT_BATCHES,
+what Triton calls instances; on the CPU the worker's share of the cores, each batch on one intra-op
+thread, which ONNX Runtime runs faster than one batch on every core: docs/benchmarks.md), and
+gathers the next batch while they run. Every model, and /explain's graph, has its own queue, so no model's batch waits behind another's.
 
 Why here and not in a second BentoML service: BentoML batches only calls that reach a batchable API
 over HTTP, so a batching service of its own costs each request a second HTTP call between processes
@@ -17,7 +19,8 @@ imgcls_requests_in_flight{model} (images admitted and not yet answered), and the
 inference time and batch size histograms. A request the batcher sheds (it could not be answered
 within SERVICE_MAX_LATENCY_MS) is a 503 `overloaded`; a batch that does not finish within the
 queue's `timeout_s` (an engine stuck or far too slow) is a 503 `unavailable` for the requests in it,
-logged in one line; the batch itself cannot be stopped, so the queue waits for it before the next.
+logged in one line; the batch itself cannot be stopped, so it keeps its place among the queue's
+concurrent batches until it ends.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Callable
 
 import anyio
 import numpy as np
-from bentoml._internal.marshal.dispatcher import CorkDispatcher
+from bentoml._internal.marshal.dispatcher import CorkDispatcher, NonBlockSema
 
 from . import metrics
 from .errors import Reason, Rejection
@@ -52,13 +55,14 @@ class BatchQueue:
     """One model's (and kind's) batching queue, in this worker."""
 
     def __init__(self, model: str, run_batch: BatchFunction, *, max_batch_size: int, max_latency_ms: int,
-                 timeout_s: float) -> None:
+                 timeout_s: float, concurrency: int = 1) -> None:
         self.model = model
         self.max_latency_ms = max_latency_ms
         self.timeout_s = timeout_s
         self._run_batch = run_batch
         self._dispatcher = CorkDispatcher(max_latency_in_ms=max_latency_ms, max_batch_size=max_batch_size,
-                                          fallback=_shed, get_batch_size=len, batch_dim=(0, 0))
+                                          shared_sema=NonBlockSema(concurrency), fallback=_shed,
+                                          get_batch_size=len, batch_dim=(0, 0))
         self._call = self._dispatcher(self._batch)
         self._in_flight = metrics.IN_FLIGHT.labels(model=model)
         self._queue_wait = metrics.QUEUE_WAIT_SECONDS.labels(model=model)
@@ -98,9 +102,6 @@ class BatchQueue:
         for name, array in outputs.items():
             rows[name] = array
         return np.split(rows, np.cumsum(sizes)[:-1])
-
-    def shutdown(self) -> None:
-        self._dispatcher.shutdown()
 
 
 def _drop_outcome(call: asyncio.Future) -> None:

@@ -10,9 +10,10 @@ logged: one line per model. REQUIRE_GPU=1 turns a CPU fallback into a start-up f
 worker starts: a model ONNX Runtime refuses, or whose outputs break the contract, stops the
 server there with one line (a worker failing later would only leave it up and never ready).
 
-Threads: intra-op threads = the cores this process may use less one (SERVICE_INFERENCE_THREADS), one
-inter-op thread, and no spin-waiting: the workers' decoding threads run on the same
-cores, and a spinning ONNX Runtime pool would steal their time between batches.
+Threads: SERVICE_INFERENCE_THREADS intra-op threads per run (default 1: the batching queue runs one
+batch per core at once instead, service/batching.py), one inter-op thread, and no spin-waiting: the
+workers' decoding threads run on the same cores, and a spinning ONNX Runtime pool would steal their
+time between batches. A session is shared by the concurrent runs (ONNX Runtime's Run is thread-safe).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import onnxruntime as ort
 
 from . import explain, metrics
 from .registry import ModelError, ModelPackage
+from .settings import gpu_present
 
 log = logging.getLogger("bentoml.image_classifier")
 
@@ -35,11 +37,6 @@ CPU = "CPUExecutionProvider"
 OUTPUTS = ("probabilities", "features")
 _ORT_DEFAULT_SEVERITY = 2  # warnings and above
 _ORT_QUIET = 4  # fatal only
-
-
-def gpu_present() -> bool:
-    """Whether the NVIDIA driver shows a GPU to this process (no CUDA libraries needed to tell)."""
-    return os.path.exists("/dev/nvidia0") or os.path.isdir("/proc/driver/nvidia/gpus")
 
 
 def cuda_problem() -> str | None:

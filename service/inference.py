@@ -18,9 +18,18 @@ from . import engine, explain
 from .batching import BatchQueue
 from .errors import Reason, Rejection
 from .registry import ModelPackage
-from .settings import Settings
+from .settings import Settings, cpu_count
 
 log = logging.getLogger("bentoml.image_classifier")
+
+
+def concurrent_batches(config: Settings, provider: str) -> int:
+    """Batches a queue runs at once: SERVICE_CONCURRENT_BATCHES, else on the CPU the share of this
+    worker's cores at SERVICE_INFERENCE_THREADS each (ONNX Runtime's one-thread runs scale across cores
+    where one run's own threads do not), and on a GPU two (one batch's host work overlaps the other's kernels)."""
+    if config.concurrent_batches is not None:
+        return config.concurrent_batches
+    return 2 if provider == engine.CUDA else max(1, cpu_count() // (config.workers * config.inference_threads))
 
 
 def explainable(package: ModelPackage) -> bool:
@@ -37,10 +46,16 @@ class Inference:
         # `unavailable` with the service's JSON body before BentoML's own timeout answers a bare 504.
         limits = dict(max_batch_size=config.max_batch_size, max_latency_ms=config.max_latency_ms,
                       timeout_s=0.9 * config.timeout_s)
-        self._infer = {name: BatchQueue(name, self._outputs(model.run, "probabilities", "features"), **limits)
-                       for name, model in self.engine.models.items()}
-        self._explain = {name: BatchQueue(name, self._outputs(model.explain, "probabilities", "heatmaps"), **limits)
-                         for name, model in self.engine.models.items() if explainable(packages[name])}
+        models = self.engine.models
+        self.concurrency = {name: concurrent_batches(config, model.provider) for name, model in models.items()}
+        self._infer = {name: BatchQueue(name, self._outputs(model.run, "probabilities", "features"),
+                                        concurrency=self.concurrency[name], **limits)
+                       for name, model in models.items()}
+        self._explain = {name: BatchQueue(name, self._outputs(model.explain, "probabilities", "heatmaps"),
+                                          concurrency=self.concurrency[name], **limits)
+                         for name, model in models.items() if explainable(packages[name])}
+        for name, count in self.concurrency.items():
+            log.info("model %s: up to %d batches at once, %d intra-op thread(s) each", name, count, config.inference_threads)
 
     @property
     def ready(self) -> bool:

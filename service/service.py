@@ -4,10 +4,10 @@ A request, end to end, all in the worker that accepted it:
   POST /classify
     requests.RequestGuard        content type, body size (ASGI middleware, before the body is read)
     requests.ClassifyInput       form fields, file count; each file's bytes, in memory
-    _decode                      imaging.picture_and_input per image, in a thread -> float32 [n, H, W, C]
+    _decode_all                  imaging.picture_and_input per image, in threads -> float32 [n, H, W, C]
     inference.Inference.infer    the model's batching queue (batching.BatchQueue: BentoML's adaptive
                                  batcher gathers the images of concurrent requests into one batch) ->
-                                 engine.Model.run: ONNX Runtime, in a thread
+                                 engine.Model.run: ONNX Runtime, in a thread (a batch per core at once)
     responses.classifications    probabilities -> labels and top-k (/features: responses.embeddings)
   -> JSON, one entry per image
 POST /explain takes the same path with one image, through Inference.explain (model.onnx, then
@@ -242,11 +242,30 @@ class ImageClassifier:
         return self.budget.admit(admission.cost(sizes, package.input.height * package.input.width))
 
     async def _decode_all(self, package: ModelPackage, images: list[bytes]) -> np.ndarray:
-        """Decode, orient, convert and resize each file, in a thread: [n, H, W, C] float32 0-255."""
-        def decode_all() -> np.ndarray:
-            return np.stack([self._decode(package, data, index)[1] for index, data in enumerate(images)])
+        """Decode, orient, convert and resize each file, each in a thread of its own (as many at once
+        as the decode limiter allows, so that one request's files use every core): [n, H, W, C]
+        float32 0-255. Every file is tried; a refusal names the first bad one, as one thread would."""
+        def decode(index: int) -> np.ndarray | Rejection:
+            try:
+                return self._decode(package, images[index], index)[1]
+            except Rejection as rejection:
+                return rejection
 
-        return await anyio.to_thread.run_sync(decode_all, limiter=self.decode_limiter)
+        if len(images) == 1:
+            outcomes = [await anyio.to_thread.run_sync(decode, 0, limiter=self.decode_limiter)]
+        else:
+            outcomes: list = [None] * len(images)
+
+            async def into_place(index: int) -> None:
+                outcomes[index] = await anyio.to_thread.run_sync(decode, index, limiter=self.decode_limiter)
+
+            async with anyio.create_task_group() as group:
+                for index in range(len(images)):
+                    group.start_soon(into_place, index)
+        for outcome in outcomes:
+            if isinstance(outcome, Rejection):
+                raise outcome
+        return np.stack(outcomes)
 
     @staticmethod
     def _decode(package: ModelPackage, data: bytes, index: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,7 @@ A bad value stops the service at start-up with one line naming the variable.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ class Settings:
     timeout_s: int
     shutdown_grace_s: int
     max_inflight_pixels: int = 160_000_000
+    concurrent_batches: int | None = None  # None: chosen per model by its provider (inference.concurrent_batches)
     api_keys: tuple[str, ...] = ()
     metrics_require_key: bool = False
     cors_origins: tuple[str, ...] = ()
@@ -66,12 +68,44 @@ class Settings:
         return tuple(ref.name for ref in self.models)
 
 
-def cpu_count() -> int:
-    """Cores this process may use (the affinity mask, which containers and taskset narrow)."""
+def cpu_count(cgroup: str = "/sys/fs/cgroup") -> int:
+    """Cores this process may use: the affinity mask (taskset, cpusets), or fewer where a CPU quota
+    says so (a container's CPU limit, e.g. Kubernetes' `limits: cpu`, rounded up to whole cores)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = cpu_quota(cgroup)
+    return max(1, min(cores, math.ceil(quota))) if quota else cores
+
+
+def cpu_quota(cgroup: str = "/sys/fs/cgroup") -> float | None:
+    """The CFS CPU quota in cores (cgroup v2's cpu.max, else v1's cfs_quota_us over cfs_period_us),
+    None where there is none."""
+    def read(name: str) -> str:
+        with open(os.path.join(cgroup, name)) as file:
+            return file.read().strip()
+
+    for quota_and_period in (lambda: read("cpu.max").split(),
+                             lambda: (read("cpu/cpu.cfs_quota_us"), read("cpu/cpu.cfs_period_us"))):
+        try:
+            quota, period = quota_and_period()
+            return None if quota in ("max", "-1") else int(quota) / int(period)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def gpu_present() -> bool:
+    """Whether the NVIDIA driver shows a GPU to this process (no CUDA libraries needed to tell)."""
+    return os.path.exists("/dev/nvidia0") or os.path.isdir("/proc/driver/nvidia/gpus")
+
+
+def default_workers() -> int:
+    """SERVICE_WORKERS when it is not set: one worker per core on the CPU (a worker's event loop, its
+    decoding and its ONNX Runtime calls share one interpreter lock, which leaves cores idle), one on a
+    GPU (its batches then gather every request; decoding threads still use every core)."""
+    return 1 if gpu_present() else cpu_count()
 
 
 # name -> (default, meaning). The README's table of settings is this one.
@@ -84,9 +118,14 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "SERVICE_MAX_IMAGES_PER_REQUEST": ("16", "most images in one request"),
     "SERVICE_MAX_IMAGE_PIXELS": ("40000000", "largest image accepted, in pixels (width x height), checked before decoding"),
     "SERVICE_MAX_BODY_BYTES": (str(32 << 20), "largest request body accepted, in bytes"),
-    "SERVICE_WORKERS": ("1", "worker processes; each parses, decodes, batches and runs its own ONNX Runtime sessions"),
-    "SERVICE_INFERENCE_THREADS": ("", "ONNX Runtime intra-op threads per model (default: the cores this process may use, "
-                                      "less one for decoding; at least 1)"),
+    "SERVICE_WORKERS": ("", "worker processes; each parses, decodes, batches and runs its own ONNX Runtime sessions "
+                            "(default: without a GPU, the cores this process may use, since one Python process "
+                            "cannot keep them busy; with one, 1, so that all requests batch together on it)"),
+    "SERVICE_INFERENCE_THREADS": ("1", "ONNX Runtime intra-op threads of each batch being run"),
+    "SERVICE_CONCURRENT_BATCHES": ("", "batches each model's queue runs at once, each in a thread of its own on the model's one "
+                                       "ONNX Runtime session, like Triton's instance count (default: on the CPU, the cores this "
+                                       "process may use divided by SERVICE_WORKERS x SERVICE_INFERENCE_THREADS, "
+                                       "at least 1; on a GPU, 2)"),
     "SERVICE_JPEG_REDUCE": ("0", "1: decode JPEGs at least 4x the model input at reduced scale: faster, but not as training did"),
     "SERVICE_TIMEOUT_S": ("60", "longest a request may take, end to end"),
     "SERVICE_SHUTDOWN_GRACE_S": ("25", "on SIGTERM, longest a worker goes on answering the requests it holds before it exits "
@@ -168,7 +207,8 @@ def load(environ: Mapping[str, str] | None = None, *, default_models: tuple[str,
         raise SettingsError(f"SERVICE_DEFAULT_MODEL {default_model!r} is not one of SERVICE_MODELS ({', '.join(names)})")
     if not default_model:
         default_model = VARIABLES["SERVICE_DEFAULT_MODEL"][0] if VARIABLES["SERVICE_DEFAULT_MODEL"][0] in names else names[0]
-    threads_text = environ.get("SERVICE_INFERENCE_THREADS", "").strip()
+    concurrency_text = environ.get("SERVICE_CONCURRENT_BATCHES", "").strip()
+    workers_text = environ.get("SERVICE_WORKERS", "").strip()
     config = Settings(
         models=models,
         default_model=default_model,
@@ -178,8 +218,9 @@ def load(environ: Mapping[str, str] | None = None, *, default_models: tuple[str,
         max_images_per_request=get("SERVICE_MAX_IMAGES_PER_REQUEST", _integer(1)),
         max_image_pixels=get("SERVICE_MAX_IMAGE_PIXELS", _integer(1)),
         max_body_bytes=get("SERVICE_MAX_BODY_BYTES", _integer(1024)),
-        workers=get("SERVICE_WORKERS", _integer(1)),
-        inference_threads=_integer(1)("SERVICE_INFERENCE_THREADS", threads_text) if threads_text else max(1, cpu_count() - 1),
+        workers=_integer(1)("SERVICE_WORKERS", workers_text) if workers_text else default_workers(),
+        inference_threads=get("SERVICE_INFERENCE_THREADS", _integer(1)),
+        concurrent_batches=_integer(1)("SERVICE_CONCURRENT_BATCHES", concurrency_text) if concurrency_text else None,
         require_gpu=get("REQUIRE_GPU", _flag),
         jpeg_reduce=get("SERVICE_JPEG_REDUCE", _flag),
         timeout_s=get("SERVICE_TIMEOUT_S", _integer(1)),

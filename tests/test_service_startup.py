@@ -33,17 +33,36 @@ def test_defaults_serve_the_four_recipe_models_with_finetuned_as_default():
     config = settings.load({})
     assert config.model_names == ("scratch", "augmented", "transfer", "finetuned")
     assert config.default_model == "finetuned"
-    assert config.inference_threads == max(1, settings.cpu_count() - 1) and not config.require_gpu and not config.jpeg_reduce
+    assert config.inference_threads == 1 and config.concurrent_batches is None and not config.require_gpu and not config.jpeg_reduce
     assert config.max_batch_size >= 2 and config.max_images_per_request >= 1
+    # One worker per core without a GPU (one interpreter cannot keep them busy), one with a GPU.
+    assert config.workers == (1 if settings.gpu_present() else settings.cpu_count())
+
+
+@pytest.mark.parametrize("files,cores", [
+    ({"cpu.max": "150000 100000\n"}, 2),            # cgroup v2, 1.5 cores: rounded up
+    ({"cpu.max": "max 100000\n"}, None),            # v2, no limit: the affinity mask
+    ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),  # cgroup v1
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ({"cpu.max": "garbage\n"}, None),
+    ({}, None),
+])
+def test_a_cpu_quota_narrows_the_cores_the_defaults_are_made_for(tmp_path, files, cores):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    affinity = len(os.sched_getaffinity(0))
+    assert settings.cpu_count(str(tmp_path)) == (min(cores, affinity) if cores else affinity)
 
 
 def test_settings_are_read_from_the_environment():
     config = settings.load({"SERVICE_MODELS": "mnist, cats:v2", "SERVICE_MAX_BATCH_SIZE": "64", "REQUIRE_GPU": "1",
-                            "SERVICE_INFERENCE_THREADS": "3", "SERVICE_WORKERS": "4"})
+                            "SERVICE_INFERENCE_THREADS": "3", "SERVICE_WORKERS": "4", "SERVICE_CONCURRENT_BATCHES": "2"})
     assert config.models == (ModelRef("mnist"), ModelRef("cats", "v2"))
     assert config.models[1].tag == "cats:v2" and config.models[0].tag == "mnist:latest"
     assert config.default_model == "mnist"  # finetuned is not served: the first one is the default
     assert (config.max_batch_size, config.require_gpu, config.inference_threads, config.workers) == (64, True, 3, 4)
+    assert config.concurrent_batches == 2
 
 
 @pytest.mark.parametrize("environ,named", [
@@ -51,6 +70,9 @@ def test_settings_are_read_from_the_environment():
     ({"SERVICE_MAX_IMAGE_PIXELS": "many"}, "SERVICE_MAX_IMAGE_PIXELS"),
     ({"REQUIRE_GPU": "maybe"}, "REQUIRE_GPU"),
     ({"SERVICE_MODELS": "a,b,a"}, "SERVICE_MODELS"),
+    ({"SERVICE_WORKERS": "0"}, "SERVICE_WORKERS"),
+    ({"SERVICE_CONCURRENT_BATCHES": "two"}, "SERVICE_CONCURRENT_BATCHES"),
+    ({"SERVICE_INFERENCE_THREADS": "0"}, "SERVICE_INFERENCE_THREADS"),
     ({"SERVICE_MODELS": "Cats&Dogs"}, "SERVICE_MODELS"),
     ({"SERVICE_MODELS": "a,b", "SERVICE_DEFAULT_MODEL": "c"}, "SERVICE_DEFAULT_MODEL"),
 ])
