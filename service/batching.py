@@ -6,8 +6,8 @@ into one batch, within SERVICE_MAX_BATCH_SIZE and SERVICE_MAX_LATENCY_MS, and ca
 for it, in a thread of its own (ONNX Runtime releases the GIL: the event loop goes on parsing and
 decoding meanwhile). A queue runs up to `concurrency` batches at once (SERVICE_CONCURRENT_BATCHES,
 what Triton calls instances; on the CPU the worker's share of the cores, each batch on one intra-op
-thread, which ONNX Runtime runs faster than one batch on every core: docs/benchmarks.md), and
-gathers the next batch while they run. Every model, and /explain's graph, has its own queue, so no model's batch waits behind another's.
+thread: docs/benchmarks.md compares the choices), and gathers the next batch while they run. Every
+model, and /explain's graph, has its own queue, so no model's batch waits behind another's.
 
 Why here and not in a second BentoML service: BentoML batches only calls that reach a batchable API
 over HTTP, so a batching service of its own costs each request a second HTTP call between processes

@@ -25,8 +25,8 @@ log = logging.getLogger("bentoml.image_classifier")
 
 def concurrent_batches(config: Settings, provider: str) -> int:
     """Batches a queue runs at once: SERVICE_CONCURRENT_BATCHES, else on the CPU the share of this
-    worker's cores at SERVICE_INFERENCE_THREADS each (ONNX Runtime's one-thread runs scale across cores
-    where one run's own threads do not), and on a GPU two (one batch's host work overlaps the other's kernels)."""
+    worker's cores at SERVICE_INFERENCE_THREADS each (Triton's instances), and on a GPU two, so that
+    one batch's host work may overlap the other's kernels (not yet measured on a GPU)."""
     if config.concurrent_batches is not None:
         return config.concurrent_batches
     return 2 if provider == engine.CUDA else max(1, cpu_count() // (config.workers * config.inference_threads))

@@ -251,17 +251,14 @@ class ImageClassifier:
             except Rejection as rejection:
                 return rejection
 
-        if len(images) == 1:
-            outcomes = [await anyio.to_thread.run_sync(decode, 0, limiter=self.decode_limiter)]
-        else:
-            outcomes: list = [None] * len(images)
+        outcomes: list[np.ndarray | Rejection | None] = [None] * len(images)
 
-            async def into_place(index: int) -> None:
-                outcomes[index] = await anyio.to_thread.run_sync(decode, index, limiter=self.decode_limiter)
+        async def into_place(index: int) -> None:
+            outcomes[index] = await anyio.to_thread.run_sync(decode, index, limiter=self.decode_limiter)
 
-            async with anyio.create_task_group() as group:
-                for index in range(len(images)):
-                    group.start_soon(into_place, index)
+        async with anyio.create_task_group() as group:
+            for index in range(len(images)):
+                group.start_soon(into_place, index)
         for outcome in outcomes:
             if isinstance(outcome, Rejection):
                 raise outcome

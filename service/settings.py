@@ -155,6 +155,11 @@ def _integer(minimum: int) -> Callable[[str, str], int]:
     return parse
 
 
+def _optional(parse: Callable[[str, str], object], unset: Callable[[], object]) -> Callable[[str, str], object]:
+    """`parse` for a variable that may be empty, `unset()` when it is (a default worked out at load time)."""
+    return lambda name, text: parse(name, text) if text else unset()
+
+
 def _flag(name: str, text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
         return True
@@ -207,8 +212,6 @@ def load(environ: Mapping[str, str] | None = None, *, default_models: tuple[str,
         raise SettingsError(f"SERVICE_DEFAULT_MODEL {default_model!r} is not one of SERVICE_MODELS ({', '.join(names)})")
     if not default_model:
         default_model = VARIABLES["SERVICE_DEFAULT_MODEL"][0] if VARIABLES["SERVICE_DEFAULT_MODEL"][0] in names else names[0]
-    concurrency_text = environ.get("SERVICE_CONCURRENT_BATCHES", "").strip()
-    workers_text = environ.get("SERVICE_WORKERS", "").strip()
     config = Settings(
         models=models,
         default_model=default_model,
@@ -218,9 +221,9 @@ def load(environ: Mapping[str, str] | None = None, *, default_models: tuple[str,
         max_images_per_request=get("SERVICE_MAX_IMAGES_PER_REQUEST", _integer(1)),
         max_image_pixels=get("SERVICE_MAX_IMAGE_PIXELS", _integer(1)),
         max_body_bytes=get("SERVICE_MAX_BODY_BYTES", _integer(1024)),
-        workers=_integer(1)("SERVICE_WORKERS", workers_text) if workers_text else default_workers(),
+        workers=get("SERVICE_WORKERS", _optional(_integer(1), default_workers)),
         inference_threads=get("SERVICE_INFERENCE_THREADS", _integer(1)),
-        concurrent_batches=_integer(1)("SERVICE_CONCURRENT_BATCHES", concurrency_text) if concurrency_text else None,
+        concurrent_batches=get("SERVICE_CONCURRENT_BATCHES", _optional(_integer(1), lambda: None)),
         require_gpu=get("REQUIRE_GPU", _flag),
         jpeg_reduce=get("SERVICE_JPEG_REDUCE", _flag),
         timeout_s=get("SERVICE_TIMEOUT_S", _integer(1)),
