@@ -6,6 +6,8 @@ naive Keras server, for one model and one set of image files, measured side by s
   3. floor     loadtests/floor_service.py: the same upload through BentoML, a constant answer
   4. service   `bentoml serve service.service:ImageClassifier` at each concurrency, with 1 and with
                16 images per request: images/s, latency percentiles, errors, mean batch size
+     v2        the same server's Open Inference Protocol endpoint (POST /v2/models/NAME/infer, the
+               files as a binary BYTES tensor, the probabilities back as binary data), same levels
   5. peer      with --peer triton: NVIDIA Triton Inference Server (PyTriton, in its own venv: make
                triton-peer) serving the same model package over KServe v2, in every configuration of
                --peer-queue-delays-ms x --peer-instances, one after the other; the best at each level
@@ -34,11 +36,11 @@ from service import imaging, registry, settings
 from service.registry import ModelError, ModelPackage
 from service.settings import SettingsError
 
-from . import components, images, loadgen, machine, peer, report
+from . import components, images, loadgen, machine, peer, report, v2
 from .servers import REPO, SERVICE, Server, metric_value, serve_env
 
 FLOOR = "loadtests.floor_service:Floor"
-STAGES = ("engine", "decode", "floor", "service", "naive")
+STAGES = ("engine", "decode", "floor", "service", "v2", "naive")
 
 
 class BenchError(Exception):
@@ -247,6 +249,11 @@ def _classify(plan: Plan) -> loadgen.Endpoint:
     return loadgen.classify_endpoint({"model": plan.model.name})
 
 
+def _v2_infer(plan: Plan) -> loadgen.Endpoint:
+    """The service's own v2 infer endpoint, as tritonclient calls it: BYTES [n] in, FP32 out, binary."""
+    return v2.infer_endpoint(plan.model.name, "image_bytes", "probabilities", plan.package.classes, file_shape=())
+
+
 MetricDeltas = Callable[[str, str, int], dict]  # (/metrics before, after, requests answered) -> level["server"]
 
 
@@ -310,22 +317,29 @@ def _answer_ok(endpoint: loadgen.Endpoint, answer: object, images_per_request: i
     return labels is not None and len(labels) == images_per_request
 
 
-def _metric_deltas(before: str, after: str, model: str, requests: int) -> dict:
-    """What the service's /metrics say about the window: batches, and where a request's time went."""
+# Each public endpoint's request durations in the service's /metrics: (metric, labels)
+PUBLIC_SECONDS = {"/classify": ("bentoml_service_request_duration_seconds", {"endpoint": "/classify"}),
+                  "v2": ("imgcls_request_duration_seconds", {"endpoint": "v2", "status_class": "2xx"})}
+
+
+def _metric_deltas(before: str, after: str, model: str, requests: int, public: str = "/classify") -> dict:
+    """What the service's /metrics say about the window: batches, and where a request's time went
+    (`public`: the endpoint measured, a PUBLIC_SECONDS key)."""
     def delta(name: str, **labels: str) -> float:
         return metric_value(after, name, **labels) - metric_value(before, name, **labels)
 
     batches = delta("imgcls_batch_size_images_count", model=model)
     queued = delta("imgcls_queue_wait_seconds_count", model=model)
     images_in_batches = delta("imgcls_batch_size_images_sum", model=model)
-    public_calls = delta("bentoml_service_request_duration_seconds_count", endpoint="/classify")
+    public_name, public_labels = PUBLIC_SECONDS[public]
+    public_calls = delta(f"{public_name}_count", **public_labels)
     per_request = max(1, requests)
     return {
         "batches": batches,
         "mean_batch": images_in_batches / batches if batches else None,
         "ort_ms_per_batch": 1000 * delta("imgcls_inference_duration_seconds_sum", model=model) / batches if batches else None,
         "decode_ms_per_request": 1000 * delta("imgcls_preprocess_duration_seconds_sum", model=model) / per_request,
-        "public_ms_per_request": 1000 * delta("bentoml_service_request_duration_seconds_sum", endpoint="/classify") / public_calls
+        "public_ms_per_request": 1000 * delta(f"{public_name}_sum", **public_labels) / public_calls
         if public_calls else None,
         "queue_wait_ms_per_image": 1000 * delta("imgcls_queue_wait_seconds_sum", model=model) / queued if queued else None,
     }
@@ -378,6 +392,28 @@ def _settings(config: settings.Settings) -> dict:
                                                       "jpeg_reduce", "max_images_per_request", "max_body_bytes", "timeout_s")}
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One server measured at its levels: the floor, the service, each --compare, the naive baseline."""
+
+    name: str  # its key in the results and its log's name: floor, service, compare1, compare2, ..., naive
+    kind: str  # what --skip names: one of STAGES, or "compare" (left out with the service)
+    setup: ServiceSetup
+    how: dict  # _serve's target= (a BentoML service) or command= (any other server)
+    images_per_request: list[int]
+    with_metrics: bool  # whether it exports the service's /metrics
+
+
+def _stages(plan: Plan) -> list[Stage]:
+    primary, per_request = plan.services[0], plan.args.images_per_request
+    naive = [sys.executable, "-m", "loadtests.naive_server", "--model-dir", str(plan.args.keras_model)]
+    return [Stage("floor", "floor", primary, dict(target=FLOOR), per_request, False),
+            Stage("service", "service", primary, dict(target=SERVICE), per_request, True),
+            *(Stage(f"compare{i}", "compare", setup, dict(target=SERVICE), per_request, True)
+              for i, setup in enumerate(plan.services[1:], 1)),
+            Stage("naive", "naive", primary, dict(command=naive), [1], False)]
+
+
 def run(plan: Plan) -> dict:
     args = plan.args
     primary = plan.services[0]
@@ -416,34 +452,38 @@ def run(plan: Plan) -> dict:
             _progress(f"engine   batch {batch['batch_size']:3d}: {batch['images_per_s']:7.1f} images/s, "
                       f"{batch['latency_ms']['p50']:.1f} ms per batch ({results['engine']['provider']}, "
                       f"{batch['threads']} thread{'s' if batch['threads'] > 1 else ''}, the faster)")
-    naive = [sys.executable, "-m", "loadtests.naive_server", "--model-dir", str(args.keras_model)]
-    stages = [("floor", primary, dict(target=FLOOR), args.images_per_request, False),
-              ("service", primary, dict(target=SERVICE), args.images_per_request, True),
-              *((f"compare{i}", setup, dict(target=SERVICE), args.images_per_request, True)
-                for i, setup in enumerate(plan.services[1:], 1)),
-              ("naive", primary, dict(command=naive), [1], False)]
-    for name, setup, how, per_request, with_metrics in stages:
-        if name == "naive" and args.peer:  # the peer right after the service (and its comparisons)
+    for stage in _stages(plan):
+        if stage.kind == "naive" and args.peer:  # the peer right after the service (and its comparisons)
             results["peer"] = _peer_stage(plan, primary)
-        if name.rstrip("0123456789") in args.skip or (name.startswith("compare") and "service" in args.skip):
+        if stage.kind in args.skip or (stage.kind == "compare" and "service" in args.skip):
             continue
-        _progress(f"{name:8s} starting" + (f" ({setup.label})" if name != "naive" else ""))
-        server = _serve(plan, name, setup, **how)
-        deltas = (lambda before, after, requests: _metric_deltas(before, after, plan.model.name, requests)) if with_metrics else None
+        _progress(f"{stage.name:8s} starting" + (f" ({stage.setup.label})" if stage.kind != "naive" else ""))
+        server = _serve(plan, stage.name, stage.setup, **stage.how)
+        deltas = ((lambda before, after, requests: _metric_deltas(before, after, plan.model.name, requests))
+                  if stage.with_metrics else None)
         try:
-            measured = {"levels": _levels(plan, server, name, per_request, endpoint=_classify(plan), metric_deltas=deltas)}
-            if name == "service" and args.peer:
+            measured = {"levels": _levels(plan, server, stage.name, stage.images_per_request, endpoint=_classify(plan),
+                                          metric_deltas=deltas)}
+            if stage.kind == "service" and "v2" not in args.skip:  # the same server, warm: the two protocols side by side
+                v2_deltas = lambda before, after, requests: _metric_deltas(before, after, plan.model.name, requests, "v2")
+                results["v2"] = {"levels": _levels(plan, server, "v2", stage.images_per_request, endpoint=_v2_infer(plan),
+                                                   metric_deltas=v2_deltas),
+                                 "top1": peer.top1(server, _v2_infer(plan), plan.files)}
+            if stage.kind == "service" and (args.peer or "v2" in results):
                 measured["top1"] = peer.top1(server, _classify(plan), plan.files)
         finally:
             server.stop()
-        if name.startswith("compare"):
+        if stage.kind == "compare":
             results.setdefault("service_compared", []).append(
-                {"label": setup.label, "settings": _settings(setup.config), **measured})
+                {"label": stage.setup.label, "settings": _settings(stage.setup.config), **measured})
         else:
-            results[name] = measured
+            results[stage.name] = measured
     if args.peer:
         results["peer_comparison"] = peer.comparison(results)
         results["top1_agreement"] = peer.agreement(results, [_file_name(plan, path) for path in plan.files])
+    if "v2" in results:
+        results["protocols"] = report.protocols(results)
+        results["protocols_agreement"] = report.protocols_agreement(results, [_file_name(plan, path) for path in plan.files])
     results["ceiling"] = report.ceilings(results)
     results["targets"] = report.targets(results)
     results["activity_after"] = machine.activity()

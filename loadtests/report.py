@@ -251,6 +251,7 @@ def markdown(results: dict) -> str:
                   _table(["clients", "images/s", "ceiling", "of ceiling", "naive", "vs naive", "p50 ms", "p95 ms",
                           "p99 ms", "p99/p50", "errors", "mean batch", "others' cores"], rows), ""]
     parts += _compared_section(results)
+    parts += _protocols_section(results)
     parts += _peer_section(results)
     parts += _parts_alone(results)
     parts += _time_section(results)
@@ -287,6 +288,62 @@ def _compared_section(results: dict) -> list[str]:
                              f"{sum(used.values()):.1f} ms CPU" + (f", {level['errors']} errors" if level["errors"] else ""))
             rows.append(cells)
         parts += [f"{per_request} image{'s' if per_request > 1 else ''} per request:", "", _table(header, rows), ""]
+    return parts
+
+
+def protocols(results: dict) -> list[dict]:
+    """A row per level measured on both of the service's protocols (the same server, one after the
+    other): /classify's multipart and the Open Inference Protocol's binary infer, and their ratio."""
+    rows = []
+    for level in (results.get("v2") or {}).get("levels", []):
+        ours = _level(results.get("service"), level["concurrency"], level["images_per_request"])
+        if ours is None:
+            continue
+        rows.append({"concurrency": level["concurrency"], "images_per_request": level["images_per_request"],
+                     "ratio": level["images_per_s"] / ours["images_per_s"] if ours["images_per_s"] else None,
+                     "classify": _side(ours), "v2": _side(level)})
+    return rows
+
+
+def _side(level: dict) -> dict:
+    cpu_ms = sum(level["server_cpu_ms_per_request"].values()) + (level["client_cpu_ms_per_request"] or 0.0)
+    return {"images_per_s": level["images_per_s"], "p50_ms": level["latency_ms"]["p50"], "p99_ms": level["latency_ms"]["p99"],
+            "errors": level["errors"], "cpu_ms_per_image": cpu_ms / level["images_per_request"],
+            "mean_batch": (level.get("server") or {}).get("mean_batch")}
+
+
+def protocols_agreement(results: dict, files: list[str]) -> dict:
+    """Whether /classify and v2 infer gave each file the same top-1 label."""
+    classify, v2 = (results.get("service") or {}).get("top1") or [], (results.get("v2") or {}).get("top1") or []
+    differ = [{"file": name, "classify": a, "v2": b} for name, a, b in zip(files, classify, v2) if a is None or a != b]
+    return {"files": len(v2), "same": bool(v2) and len(classify) == len(v2) and not differ, "different": differ}
+
+
+def _protocols_section(results: dict) -> list[str]:
+    rows = protocols(results)
+    if not rows:
+        return []
+    agreement = results.get("protocols_agreement") or {}
+    same = (f"the same top-1 class from both on every one of the {agreement['files']} files" if agreement.get("same") else
+            f"**top-1 classes differ** on {len(agreement.get('different', []))} of {agreement.get('files', 0)} files: "
+            + "; ".join(f"{d['file']} ({d['classify']} / {d['v2']})" for d in agreement.get("different", [])[:10]))
+    parts = ["## The service's two protocols (same server, same run)", "",
+             "The service's own `/classify` (multipart files in, JSON out) against its Open Inference Protocol endpoint "
+             "`POST /v2/models/NAME/infer` (the files as one binary BYTES tensor `image_bytes` [n], `probabilities` asked "
+             "for as binary data, as `tritonclient` sends them), on the same server one after the other, the same files "
+             f"and levels; {same}. CPU: ms per image of the server's processes and the load generator together.", ""]
+    for per_request in results["protocol"]["images_per_request"]:
+        chosen = [row for row in rows if row["images_per_request"] == per_request]
+        if not chosen:
+            continue
+        table = [[str(row["concurrency"]), _f(row["classify"]["images_per_s"]), _f(row["v2"]["images_per_s"]), _f(row["ratio"], 2, "x"),
+                  f"{_f(row['classify']['p50_ms'])} / {_f(row['v2']['p50_ms'])}", f"{_f(row['classify']['p99_ms'])} / {_f(row['v2']['p99_ms'])}",
+                  f"{_f(row['classify']['cpu_ms_per_image'])} / {_f(row['v2']['cpu_ms_per_image'])}",
+                  f"{_f(row['classify']['mean_batch'])} / {_f(row['v2']['mean_batch'])}",
+                  f"{row['classify']['errors']} / {row['v2']['errors']}"] for row in chosen]
+        parts += [f"### {per_request} image{'s' if per_request > 1 else ''} per request", "",
+                  _table(["clients", "/classify images/s", "v2 images/s", "v2 / classify", "p50 ms (classify / v2)",
+                          "p99 ms", "CPU ms/image", "mean batch", "errors"], table), ""]
     return parts
 
 
@@ -666,6 +723,10 @@ def summary_lines(results: dict) -> str:
                      f"({ours['images_per_s']:.1f} vs {theirs['images_per_s']:.1f} images/s; {row['configuration']}), CPU "
                      f"{ours['cpu_ms_per_image']:.1f} vs {theirs['cpu_ms_per_image']:.1f} ms/image, p99 {_f(ours['p99_ms'])} vs "
                      f"{_f(theirs['p99_ms'])} ms, errors {ours['errors']} vs {theirs['errors']}")
+    for row in results.get("protocols", []):
+        lines.append(f"{'v2/classify':12s} {row['concurrency']} clients x {row['images_per_request']} images: {_f(row['ratio'], 2, 'x')} "
+                     f"({row['v2']['images_per_s']:.1f} vs {row['classify']['images_per_s']:.1f} images/s), errors "
+                     f"{row['v2']['errors']} vs {row['classify']['errors']}")
     if results.get("top1_agreement"):
         lines.append(f"{'top-1':12s} " + _agreement_text(results["top1_agreement"]).replace("**", ""))
     return "\n".join(lines)

@@ -55,11 +55,13 @@ def decode_bytes(data: bytes | memoryview, count: int | None = None) -> list[byt
     return items
 
 
-def infer_request(files: Sequence[bytes], input_name: str, outputs: Sequence[str]) -> tuple[bytes, dict[str, str]]:
+def infer_request(files: Sequence[bytes], input_name: str, outputs: Sequence[str],
+                  file_shape: Sequence[int] = (1,)) -> tuple[bytes, dict[str, str]]:
     """(body, HTTP headers) of a binary v2 infer request: `files` as one BYTES input of shape
-    [len(files), 1] (a batch of one file each), asking for `outputs` as binary data."""
+    [len(files), *file_shape] (Triton's batch of one file each: [n, 1]; the service's: [n]), asking
+    for `outputs` as binary data."""
     data = encode_bytes(files)
-    header = {"inputs": [{"name": input_name, "shape": [len(files), 1], "datatype": "BYTES",
+    header = {"inputs": [{"name": input_name, "shape": [len(files), *file_shape], "datatype": "BYTES",
                           "parameters": {"binary_data_size": len(data)}}],
               "outputs": [{"name": name, "parameters": {"binary_data": True}} for name in outputs]}
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
@@ -70,18 +72,19 @@ def infer_request(files: Sequence[bytes], input_name: str, outputs: Sequence[str
 
 
 def request_bodies(files: list[tuple[str, bytes]], images_per_request: int, input_name: str,
-                   outputs: Sequence[str]) -> list[loadgen.Body]:
+                   outputs: Sequence[str], file_shape: Sequence[int] = (1,)) -> list[loadgen.Body]:
     """The load generator's bodies of `images_per_request` files each (loadgen.request_bodies' turns)."""
     def encode(chunk: list[tuple[str, bytes]]) -> loadgen.Body:
-        data, headers = infer_request([content for _, content in chunk], input_name, outputs)
+        data, headers = infer_request([content for _, content in chunk], input_name, outputs, file_shape)
         return loadgen.Body(data, headers.pop("Content-Type"), len(chunk), headers)
 
     return loadgen.request_bodies(files, images_per_request, encode=encode)
 
 
-def infer_endpoint(model: str, input_name: str, output: str, classes: Sequence[str]) -> loadgen.Endpoint:
-    """POST /v2/models/MODEL/infer with binary bodies, asking for `output` ([N, classes] scores);
-    an image's top-1 label is the class of its highest score."""
+def infer_endpoint(model: str, input_name: str, output: str, classes: Sequence[str],
+                   file_shape: Sequence[int] = (1,)) -> loadgen.Endpoint:
+    """POST /v2/models/MODEL/infer with binary bodies (files as in infer_request), asking for
+    `output` ([N, classes] scores); an image's top-1 label is the class of its highest score."""
     def labels(parsed: object) -> list[str] | None:
         scores = parsed.get(output) if isinstance(parsed, dict) else None
         if scores is None or scores.ndim != 2 or scores.shape[1] != len(classes):
@@ -89,7 +92,7 @@ def infer_endpoint(model: str, input_name: str, output: str, classes: Sequence[s
         return [classes[i] for i in scores.argmax(axis=1)]
 
     return loadgen.Endpoint(f"/v2/models/{model}/infer",
-                            lambda files, per_request: request_bodies(files, per_request, input_name, [output]),
+                            lambda files, per_request: request_bodies(files, per_request, input_name, [output], file_shape),
                             answer, labels)
 
 

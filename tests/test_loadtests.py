@@ -40,18 +40,24 @@ def test_bench_runs_every_stage_and_writes_a_well_formed_report(tmp_path, export
     assert [c["label"] for c in results["service_compared"]] == ["SERVICE_MAX_BATCH_SIZE=2, SERVICE_INFERENCE_THREADS=1"]
     assert results["service_compared"][0]["settings"]["max_batch_size"] == 2
     stages = {"floor": results["floor"], "service": results["service"], "compared": results["service_compared"][0],
-              "naive": results["naive"]}
-    for stage, levels in (("floor", LEVELS), ("service", LEVELS), ("compared", LEVELS), ("naive", {(1, 1), (2, 1)})):
+              "v2": results["v2"], "naive": results["naive"]}
+    for stage, levels in (("floor", LEVELS), ("service", LEVELS), ("compared", LEVELS), ("v2", LEVELS),
+                          ("naive", {(1, 1), (2, 1)})):
         measured = stages[stage]["levels"]
         assert {(l["concurrency"], l["images_per_request"]) for l in measured} == levels, stage
         for level in measured:
             assert level["requests"] > 0 and level["errors"] == 0 and level["answer_ok"], (stage, level)
             latency = level["latency_ms"]
             assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"], (stage, latency)
-    for level in results["service"]["levels"] + results["service_compared"][0]["levels"]:
+    for level in results["service"]["levels"] + results["service_compared"][0]["levels"] + results["v2"]["levels"]:
         assert 1 <= level["server"]["mean_batch"] <= 2 * level["images_per_request"]
         assert level["server_cpu_ms_per_request"]["worker:image_classifier"] > 0
         assert level["server"]["queue_wait_ms_per_image"] is not None
+    # Both protocols side by side, from the same server; every file's top-1 class the same from both.
+    assert {(r["concurrency"], r["images_per_request"]) for r in results["protocols"]} == LEVELS
+    assert all(r["ratio"] > 0 and r["v2"]["cpu_ms_per_image"] > 0 for r in results["protocols"])
+    assert results["protocols_agreement"]["files"] == 6 and results["protocols_agreement"]["same"]
+    assert all(level["server"]["public_ms_per_request"] > 0 for level in results["v2"]["levels"])
     # The ceiling is below each of its three terms, for every level.
     assert {(r["concurrency"], r["images_per_request"]) for r in results["ceiling"]} == LEVELS
     for row in results["ceiling"]:
@@ -65,7 +71,8 @@ def test_bench_runs_every_stage_and_writes_a_well_formed_report(tmp_path, export
 
     markdown = (out / "bench.md").read_text()
     for heading in ("## Machine", "## Targets", "## Service (defaults), ceiling and naive baseline", "## The parts alone",
-                    "## Where a request's time goes", "## The load generator", "## Service settings compared (same run)"):
+                    "## Where a request's time goes", "## The load generator", "## Service settings compared (same run)",
+                    "## The service's two protocols (same server, same run)"):
         assert heading in markdown
     for plot in ("throughput.png", "latency.png", "time.png"):
         with Image.open(out / plot) as image:
