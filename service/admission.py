@@ -8,8 +8,9 @@ budget, and holds it until it is answered; one that does not fit is refused at o
 `overloaded` and Retry-After, before anything is decoded, rather than queued: a queue of
 requests waiting for memory is memory too.
 
-A request's cost (`cost`): the pixels of its largest image (its images are decoded one at a
-time, and each picture is dropped once resized) plus the model input's pixels for each image
+A request's cost (`cost`): the pixels of the pictures it can hold decoded at once (its images
+are decoded in parallel, as many at a time as the worker's decoding threads, and each picture
+is dropped once resized: the largest that many) plus the model input's pixels for each image
 (the resized inputs are all held until the batch is answered). Image sizes come from the files'
 headers (`imaging.image_size`), which are read without decoding. A request alone is always
 admitted, whatever its cost: the per-request limits bound it, and refusing it would refuse it
@@ -27,10 +28,13 @@ from typing import Iterable
 from .errors import Reason, Rejection
 
 
-def cost(image_pixels: Iterable[int], input_pixels: int) -> int:
-    """The pixels a request holds at its peak: its largest picture, decoded, and every image's model input."""
-    sizes = list(image_pixels)
-    return (max(sizes) if sizes else 0) + len(sizes) * input_pixels
+def cost(image_pixels: Iterable[int], input_pixels: int, at_once: int = 1, tensors: int = 0) -> int:
+    """The pixels a request holds at its peak: its `at_once` largest pictures, decoded together, and
+    the model input of each image (and of each of `tensors` inputs sent as pixels)."""
+    if at_once < 1:
+        raise ValueError(f"pictures are decoded at least one at a time, not {at_once}")
+    sizes = sorted(image_pixels, reverse=True)
+    return sum(sizes[:at_once]) + (len(sizes) + tensors) * input_pixels
 
 
 class Budget:

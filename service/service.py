@@ -4,7 +4,8 @@ A request, end to end, all in the worker that accepted it:
   POST /classify
     requests.RequestGuard        content type, body size (ASGI middleware, before the body is read)
     requests.ClassifyInput       form fields, file count; each file's bytes, in memory
-    _decode_all                  imaging.picture_and_input per image, in threads -> float32 [n, H, W, C]
+    admit                        the worker's in-flight pixel budget (admission.py), or 503
+    decode_all                   imaging.picture_and_input per image, in threads -> float32 [n, H, W, C]
     inference.Inference.infer    the model's batching queue (batching.BatchQueue: BentoML's adaptive
                                  batcher gathers the images of concurrent requests into one batch) ->
                                  engine.Model.run: ONNX Runtime, in a thread (a batch per core at once)
@@ -26,6 +27,7 @@ import gc
 import logging
 import threading
 import time
+from typing import Sequence
 
 import anyio
 import bentoml
@@ -96,9 +98,12 @@ def _settle_garbage_collector() -> None:
 # GET routes beside BentoML's POST APIs; BentoML merges their OpenAPI paths into its own.
 http = FastAPI(title="models", docs_url=None, redoc_url=None, openapi_url=None)
 # The Open Inference Protocol (KServe v2, service/v2_routes.py) on the same models and batching queues.
-# Its only calls into the core: the batching queue (infer), readiness and the decoding threads.
+# Its only calls into the core: the pixel budget, decoding, the batching queue, readiness and the
+# decoding threads (for its JSON).
 http.include_router(v2_routes.router(v2_routes.Core(
     PACKAGES, SETTINGS,
+    admit=lambda package, files, tensors: bentoml.get_current_service().admit(package, files, tensors),
+    decode_all=lambda package, files: bentoml.get_current_service().decode_all(package, files),
     infer=lambda package, batch: bentoml.get_current_service().infer_batch(package, batch, v2_routes.ENDPOINT),
     ready=lambda: bentoml.get_current_service().__is_ready__(),
     decode_limiter=lambda: bentoml.get_current_service().decode_limiter,
@@ -156,8 +161,8 @@ class ImageClassifier:
                 raise Rejection(Reason.TOP_K_OUT_OF_RANGE,
                                 f"must be between 1 and {len(package.classes)} (the classes of model {package.name}), not {top_k}",
                                 ("top_k",))
-            async with self._admit(package, images):
-                rows = await self.infer_batch(package, await self._decode_all(package, images), "classify")
+            async with self.admit(package, images):
+                rows = await self.infer_batch(package, await self.decode_all(package, images), "classify")
         except Rejection as rejection:
             return rejection.response()
         return responses.classifications(package, rows["probabilities"], top_k)
@@ -167,8 +172,8 @@ class ImageClassifier:
         """The model's feature vector (global average pooling of its last convolution block) for each image."""
         try:
             package = self._package(model)
-            async with self._admit(package, images):
-                rows = await self.infer_batch(package, await self._decode_all(package, images), "features")
+            async with self.admit(package, images):
+                rows = await self.infer_batch(package, await self.decode_all(package, images), "features")
         except Rejection as rejection:
             return rejection.response()
         return responses.embeddings(package, rows["features"], normalize)
@@ -187,7 +192,7 @@ class ImageClassifier:
             if label and label not in package.classes:
                 raise Rejection(Reason.UNKNOWN_LABEL, f"unknown label {quoted(label)}; the classes of model {package.name}: "
                                                       f"{', '.join(package.classes)}", ("label",))
-            async with self._admit(package, images):
+            async with self.admit(package, images):
                 picture, tensor = await anyio.to_thread.run_sync(self._decode, package, images[0], limiter=self.decode_limiter)
                 row = (await self.inference.explain(package.name, tensor[None]))[0]
         except Rejection as rejection:
@@ -235,13 +240,15 @@ class ImageClassifier:
             raise Rejection(Reason.UNKNOWN_MODEL, f"unknown model {quoted(name)}; served models: {', '.join(PACKAGES)}", ("model",))
         return PACKAGES[name]
 
-    def _admit(self, package: ModelPackage, images: list[bytes]):
+    def admit(self, package: ModelPackage, images: Sequence[bytes], tensors: int = 0):
         """The request's hold on the worker's pixel budget (admission.py), for an `async with`
-        around its decoding and inference: 503 `overloaded` when it does not fit."""
+        around its decoding and inference: 503 `overloaded` when it does not fit. `tensors`:
+        images sent as model inputs (v2's pixel tensors), besides the files to decode."""
         sizes = [imaging.image_pixels(image) for image in images]  # headers only
-        return self.budget.admit(admission.cost(sizes, package.input.height * package.input.width))
+        return self.budget.admit(admission.cost(sizes, package.input.height * package.input.width,
+                                                at_once=int(self.decode_limiter.total_tokens), tensors=tensors))
 
-    async def _decode_all(self, package: ModelPackage, images: list[bytes]) -> np.ndarray:
+    async def decode_all(self, package: ModelPackage, images: Sequence[bytes]) -> np.ndarray:
         """Decode, orient, convert and resize each file, each in a thread of its own (as many at once
         as the decode limiter allows, so that one request's files use every core): [n, H, W, C]
         float32 0-255. Every file is tried; a refusal names the first bad one, as one thread would."""

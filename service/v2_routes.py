@@ -10,9 +10,10 @@ Versions are the BentoML store's versions of the model: the served one answers; 
 the store is not ready (400, its metadata and infer refused with 400 `unknown_model`); a name or
 version the store does not hold is 404 `unknown_model`.
 
-An infer request takes the /classify path: `image_bytes` files decoded as /classify decodes them
-(imaging.picture_and_input, the same limits and refusals), or the `image` tensor as it is; then the
-model's batching queue, shared with /classify and /features (Core.infer). The routes reach the
+An infer request takes the /classify path: the worker's pixel budget (Core.admit), `image_bytes`
+files decoded by /classify's own decoding (Core.decode_all: the same threads, limits and
+refusals), or the `image` tensor as it is; then the model's batching queue, shared with /classify
+and /features (Core.infer). The routes reach the
 serving core only through Core, whose fields service.py fills in.
 """
 
@@ -20,16 +21,15 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
-import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Mapping
+from typing import AsyncContextManager, Awaitable, Callable, Mapping, Sequence
 
 import anyio
 import numpy as np
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
-from . import imaging, metrics, registry, v2
+from . import metrics, registry, v2
 from .errors import Reason, Rejection
 from .registry import ModelPackage
 from .requests import Accepts
@@ -58,6 +58,12 @@ class Core:
 
     packages: Mapping[str, ModelPackage]
     settings: Settings
+    # The request's hold on the worker's pixel budget, for an `async with` (a Rejection, 503, when it
+    # does not fit): admit(package, files to decode, count of images sent as pixel tensors).
+    admit: Callable[[ModelPackage, Sequence[bytes], int], AsyncContextManager]
+    # The files decoded as /classify decodes them, in the same threads: float32 [N, H, W, C] 0-255;
+    # a Rejection located at ("images", index) for a file it refuses.
+    decode_all: Callable[[ModelPackage, Sequence[bytes]], Awaitable[np.ndarray]]
     # The model's outputs for a batch float32 [N, H, W, C] 0-255, through its batching queue:
     # out["probabilities"] [N, K], out["features"] [N, D]; a Rejection (503) when it cannot answer.
     infer: Callable[[ModelPackage, np.ndarray], Awaitable[Mapping[str, np.ndarray]]]
@@ -129,11 +135,10 @@ def router(core: Core) -> APIRouter:
             json_bytes = int(json_bytes) if json_bytes.isdigit() else len(body)
             parsed, wanted = read() if json_bytes <= _INLINE_JSON_BYTES else await anyio.to_thread.run_sync(
                 read, limiter=core.decode_limiter())
-            batch = wanted.pixels
-            if batch is None:
-                batch = await anyio.to_thread.run_sync(_decode_all, package, wanted.files, core.settings,
-                                                       limiter=core.decode_limiter())
-            outputs = await core.infer(package, batch)
+            tensors = 0 if wanted.pixels is None else len(wanted.pixels)
+            async with core.admit(package, wanted.files or (), tensors):
+                batch = wanted.pixels if wanted.pixels is not None else await _decoded(core, package, wanted.files)
+                outputs = await core.infer(package, batch)
         except Rejection as rejection:
             return rejection.response()
         probabilities = outputs[v2.PROBABILITIES]
@@ -174,15 +179,9 @@ def _read(body: bytes, encoding: str, header_length: str | None, spec: v2.ModelS
     return parsed, v2.images(parsed, spec, max_images=settings.max_images_per_request)
 
 
-def _decode_all(package: ModelPackage, files: tuple[bytes, ...], settings: Settings) -> np.ndarray:
-    """Each file as /classify decodes it: float32 [n, H, W, C] 0-255."""
-    tensors = []
-    for index, data in enumerate(files):
-        start = time.perf_counter()
-        try:
-            tensors.append(imaging.picture_and_input(data, package.input, max_pixels=settings.max_image_pixels,
-                                                     jpeg_reduce=settings.jpeg_reduce)[1])
-        except Rejection as rejection:
-            raise rejection.at(v2.IMAGE_BYTES, index) from None
-        metrics.PREPROCESS_SECONDS.labels(model=package.name).observe(time.perf_counter() - start)
-    return np.stack(tensors)
+async def _decoded(core: Core, package: ModelPackage, files: tuple[bytes, ...]) -> np.ndarray:
+    """The files as /classify decodes them; a refusal located in this protocol's input."""
+    try:
+        return await core.decode_all(package, files)
+    except Rejection as rejection:
+        raise rejection.at(v2.IMAGE_BYTES, *rejection.loc[1:]) from None

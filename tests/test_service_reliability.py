@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import warnings
+from pathlib import Path
 
 import pytest
 from starlette.applications import Starlette
@@ -90,9 +91,14 @@ def test_the_budget_holds_across_threads():
     assert peak[0] <= 900 and budget.in_use == 0 and budget.admitted == 0
 
 
-def test_a_requests_cost_is_its_largest_picture_and_every_input():
+def test_a_requests_cost_is_the_pictures_it_decodes_at_once_and_every_input():
     assert admission.cost([1000, 5000, 3000], 100) == 5000 + 3 * 100
+    assert admission.cost([1000, 5000, 3000], 100, at_once=2) == 5000 + 3000 + 3 * 100
+    assert admission.cost([1000, 5000, 3000], 100, at_once=8) == 9000 + 3 * 100
     assert admission.cost([], 100) == 0
+    assert admission.cost([], 100, tensors=4) == 400  # pixel tensors: their model inputs only
+    with pytest.raises(ValueError):
+        admission.cost([1], 1, at_once=0)
 
 
 # --- errors: client input quoted, never whole ---------------------------------------------------------
@@ -223,3 +229,89 @@ def test_the_new_settings_are_read_and_checked():
 def test_describe_never_prints_the_keys():
     text = settings.describe({"SERVICE_API_KEYS": f"{KEY},{OTHER_KEY}"})
     assert KEY not in text and OTHER_KEY not in text and "2 keys" in text
+
+
+# --- the budget on the Open Inference Protocol's route ------------------------------------------------
+
+
+def test_v2_infer_holds_the_pixel_budget_until_answered():
+    """service/v2_routes.py's infer under a real Budget, in process: while one request waits in the
+    (held) batching queue, a second that does not fit is 503 `overloaded` with Retry-After and the
+    protocol's error body; once the first is answered there is room again. Pixel tensors pay for
+    their model inputs."""
+    import io
+
+    import anyio
+    import httpx
+    import numpy as np
+    import tritonclient.http as triton
+    from fastapi import FastAPI
+    from PIL import Image
+
+    from service import v2, v2_routes
+    from service.imaging import InputSpec
+    from service.registry import ModelPackage
+
+    package = ModelPackage("tiny", "v1", Path("."), {"outputs": {"features": {"shape": [None, 3]}}}, InputSpec(4, 5, 3),
+                           ("cat", "dog", "eel"), Path("m.onnx"))
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(buffer, format="PNG")
+    png, input_pixels = buffer.getvalue(), 4 * 5
+    one_request = admission.cost([40 * 30], input_pixels)
+    budget = admission.Budget(one_request + 10)
+    admitted: list[int] = []
+
+    def admit(package, files, tensors):
+        pixels = admission.cost([40 * 30 for _ in files], input_pixels, tensors=tensors)
+        admitted.append(pixels)
+        return budget.admit(pixels)
+
+    async def decode_all(package, files):
+        return np.zeros((len(files), 4, 5, 3), np.float32)
+
+    def body(inputs) -> tuple[bytes, dict[str, str]]:
+        data, json_size = triton.InferenceServerClient.generate_request_body(inputs, None)
+        return data, {v2.HEADER_LENGTH: str(json_size)} if json_size is not None else {}
+
+    files = triton.InferInput("image_bytes", [1], "BYTES")
+    files.set_data_from_numpy(np.array([png], dtype=object))
+    pixels = triton.InferInput("image", [3, 4, 5, 3], "UINT8")
+    pixels.set_data_from_numpy(np.zeros((3, 4, 5, 3), np.uint8))
+
+    async def main():
+        entered, release = anyio.Event(), anyio.Event()
+
+        async def infer(package, batch):
+            entered.set()
+            await release.wait()
+            return {"probabilities": np.full((len(batch), 3), 1 / 3, np.float32), "features": np.zeros((len(batch), 3), np.float32)}
+
+        async def ready():
+            return True
+
+        core = v2_routes.Core({"tiny": package}, settings.load({"SERVICE_MODELS": "tiny"}, default_models=()), admit=admit,
+                              decode_all=decode_all, infer=infer, ready=ready,
+                              decode_limiter=lambda: anyio.CapacityLimiter(2), store_versions=lambda name: ("v1",))
+        app = FastAPI()
+        app.include_router(v2_routes.router(core))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            url = "/v2/models/tiny/infer"
+            first_answer: list[httpx.Response] = []
+
+            async def first():
+                first_answer.append(await client.post(url, content=body([files])[0], headers=body([files])[1]))
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(first)
+                await entered.wait()
+                assert budget.in_use == one_request and budget.admitted == 1
+                shed = await client.post(url, content=body([files])[0], headers=body([files])[1])
+                assert shed.status_code == 503 and shed.headers["Retry-After"] == "1", shed.text
+                assert shed.json()["detail"][0]["type"] == "overloaded" and "retry later" in shed.json()["error"]
+                release.set()
+            assert first_answer[0].status_code == 200 and budget.in_use == 0 and budget.admitted == 0
+            again = await client.post(url, content=body([pixels])[0], headers=body([pixels])[1])
+            assert again.status_code == 200, again.text
+        assert admitted == [one_request, one_request, 3 * input_pixels]
+
+    anyio.run(main)
