@@ -6,8 +6,9 @@ naive Keras server, for one model and one set of image files, measured side by s
   3. floor     loadtests/floor_service.py: the same upload through BentoML, a constant answer
   4. service   `bentoml serve service.service:ImageClassifier` at each concurrency, with 1 and with
                16 images per request: images/s, latency percentiles, errors, mean batch size
-     v2        the same server's Open Inference Protocol endpoint (POST /v2/models/NAME/infer, the
-               files as a binary BYTES tensor, the probabilities back as binary data), same levels
+     v2        the service again, on a fresh server, at its Open Inference Protocol endpoint (POST
+               /v2/models/NAME/infer, the files as a binary BYTES tensor, the probabilities back as
+               binary data), same levels
   5. peer      with --peer triton: NVIDIA Triton Inference Server (PyTriton, in its own venv: make
                triton-peer) serving the same model package over KServe v2, in every configuration of
                --peer-queue-delays-ms x --peer-instances, one after the other; the best at each level
@@ -141,7 +142,7 @@ def prepare(args: argparse.Namespace) -> Plan:
             raise BenchError(problem)
         if "service" in args.skip:
             raise BenchError("--peer triton is measured against the service: do not --skip service")
-    given = [_given_settings("--set", args.set)] + [_given_settings("--compare", item.split(",")) for item in args.compare]
+    given = [given_settings("--set", args.set)] + [given_settings("--compare", item.split(",")) for item in args.compare]
     try:
         model = settings.load({"SERVICE_MODELS": args.model}).models[0]
         package = registry.open_package(model)
@@ -198,7 +199,7 @@ def prepare(args: argparse.Namespace) -> Plan:
     return Plan(args, model, package, services, files, label, out, notes, cleanup)
 
 
-def _given_settings(option: str, items: list[str]) -> dict[str, str]:
+def given_settings(option: str, items: list[str]) -> dict[str, str]:
     given = {}
     for item in (item.strip() for item in items):
         if item in ("", "defaults"):
@@ -402,6 +403,7 @@ class Stage:
     how: dict  # _serve's target= (a BentoML service) or command= (any other server)
     images_per_request: list[int]
     with_metrics: bool  # whether it exports the service's /metrics
+    endpoint: Callable[[Plan], loadgen.Endpoint] = _classify  # what its levels call
 
 
 def _stages(plan: Plan) -> list[Stage]:
@@ -411,6 +413,7 @@ def _stages(plan: Plan) -> list[Stage]:
             Stage("service", "service", primary, dict(target=SERVICE), per_request, True),
             *(Stage(f"compare{i}", "compare", setup, dict(target=SERVICE), per_request, True)
               for i, setup in enumerate(plan.services[1:], 1)),
+            Stage("v2", "v2", primary, dict(target=SERVICE), per_request, True, _v2_infer),
             Stage("naive", "naive", primary, dict(command=naive), [1], False)]
 
 
@@ -459,18 +462,14 @@ def run(plan: Plan) -> dict:
             continue
         _progress(f"{stage.name:8s} starting" + (f" ({stage.setup.label})" if stage.kind != "naive" else ""))
         server = _serve(plan, stage.name, stage.setup, **stage.how)
-        deltas = ((lambda before, after, requests: _metric_deltas(before, after, plan.model.name, requests))
+        public = "v2" if stage.kind == "v2" else "/classify"
+        deltas = ((lambda before, after, requests: _metric_deltas(before, after, plan.model.name, requests, public))
                   if stage.with_metrics else None)
         try:
-            measured = {"levels": _levels(plan, server, stage.name, stage.images_per_request, endpoint=_classify(plan),
+            measured = {"levels": _levels(plan, server, stage.name, stage.images_per_request, endpoint=stage.endpoint(plan),
                                           metric_deltas=deltas)}
-            if stage.kind == "service" and "v2" not in args.skip:  # the same server, warm: the two protocols side by side
-                v2_deltas = lambda before, after, requests: _metric_deltas(before, after, plan.model.name, requests, "v2")
-                results["v2"] = {"levels": _levels(plan, server, "v2", stage.images_per_request, endpoint=_v2_infer(plan),
-                                                   metric_deltas=v2_deltas),
-                                 "top1": peer.top1(server, _v2_infer(plan), plan.files)}
-            if stage.kind == "service" and (args.peer or "v2" in results):
-                measured["top1"] = peer.top1(server, _classify(plan), plan.files)
+            if stage.kind == "v2" or (stage.kind == "service" and (args.peer or "v2" not in args.skip)):
+                measured["top1"] = peer.top1(server, stage.endpoint(plan), plan.files)
         finally:
             server.stop()
         if stage.kind == "compare":

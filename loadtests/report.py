@@ -292,8 +292,9 @@ def _compared_section(results: dict) -> list[str]:
 
 
 def protocols(results: dict) -> list[dict]:
-    """A row per level measured on both of the service's protocols (the same server, one after the
-    other): /classify's multipart and the Open Inference Protocol's binary infer, and their ratio."""
+    """A row per level measured on both of the service's protocols (two servers with the same
+    settings, one after the other): /classify's multipart and the Open Inference Protocol's binary
+    infer, and their ratio."""
     rows = []
     for level in (results.get("v2") or {}).get("levels", []):
         ours = _level(results.get("service"), level["concurrency"], level["images_per_request"])
@@ -327,11 +328,11 @@ def _protocols_section(results: dict) -> list[str]:
     same = (f"the same top-1 class from both on every one of the {agreement['files']} files" if agreement.get("same") else
             f"**top-1 classes differ** on {len(agreement.get('different', []))} of {agreement.get('files', 0)} files: "
             + "; ".join(f"{d['file']} ({d['classify']} / {d['v2']})" for d in agreement.get("different", [])[:10]))
-    parts = ["## The service's two protocols (same server, same run)", "",
+    parts = ["## The service's two protocols (same run)", "",
              "The service's own `/classify` (multipart files in, JSON out) against its Open Inference Protocol endpoint "
              "`POST /v2/models/NAME/infer` (the files as one binary BYTES tensor `image_bytes` [n], `probabilities` asked "
-             "for as binary data, as `tritonclient` sends them), on the same server one after the other, the same files "
-             f"and levels; {same}. CPU: ms per image of the server's processes and the load generator together.", ""]
+             "for as binary data, as `tritonclient` sends them): the same settings, files and levels, each on a fresh server, "
+             f"one after the other; {same}. CPU: ms per image of the server's processes and the load generator together.", ""]
     for per_request in results["protocol"]["images_per_request"]:
         chosen = [row for row in rows if row["images_per_request"] == per_request]
         if not chosen:
