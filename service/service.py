@@ -124,6 +124,7 @@ class ImageClassifier:
         shutdown.drain_within(SETTINGS.shutdown_grace_s)
         # Decoding and resizing run in threads (Pillow, libjpeg and numpy release the GIL), one per core.
         self.decode_limiter = anyio.CapacityLimiter(settings.cpu_count())
+        self.decode_queue = DECODE_QUEUE
         metrics.MAX_LATENCY_SECONDS.set(SETTINGS.max_latency_ms / 1000)
         self.budget = admission.Budget(SETTINGS.max_inflight_pixels)
         for reason in Reason:
@@ -193,7 +194,9 @@ class ImageClassifier:
                 raise Rejection(Reason.UNKNOWN_LABEL, f"unknown label {quoted(label)}; the classes of model {package.name}: "
                                                       f"{', '.join(package.classes)}", ("label",))
             async with self.admit(package, images):
-                picture, tensor = await anyio.to_thread.run_sync(self._decode, package, images[0], limiter=self.decode_limiter)
+                with self.decode_queue.enter(1) as ticket:
+                    picture, tensor = await anyio.to_thread.run_sync(self._decode, package, images[0], 0, ticket,
+                                                                     limiter=self.decode_limiter)
                 row = (await self.inference.explain(package.name, tensor[None]))[0]
         except Rejection as rejection:
             # With a context parameter, BentoML gives any returned response the context's status.
@@ -254,7 +257,7 @@ class ImageClassifier:
         float32 0-255. Every file is tried; a refusal names the first bad one, as one thread would."""
         def decode(index: int) -> np.ndarray | Rejection:
             try:
-                return self._decode(package, images[index], index)[1]
+                return self._decode(package, images[index], index, ticket)[1]
             except Rejection as rejection:
                 return rejection
 
@@ -263,26 +266,36 @@ class ImageClassifier:
         async def into_place(index: int) -> None:
             outcomes[index] = await anyio.to_thread.run_sync(decode, index, limiter=self.decode_limiter)
 
-        async with anyio.create_task_group() as group:
-            for index in range(len(images)):
-                group.start_soon(into_place, index)
+        with self.decode_queue.enter(len(images)) as ticket:
+            async with anyio.create_task_group() as group:
+                for index in range(len(images)):
+                    group.start_soon(into_place, index)
         for outcome in outcomes:
             if isinstance(outcome, Rejection):
                 raise outcome
         return np.stack(outcomes)
 
     @staticmethod
-    def _decode(package: ModelPackage, data: bytes, index: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """The file images[index]: the picture as a person sees it (decoded, oriented) and the model's input tensor."""
+    def _decode(package: ModelPackage, data: bytes, index: int, ticket: admission.Ticket) -> tuple[np.ndarray, np.ndarray]:
+        """The file images[index], in a decoding thread, its turn in the decode queue come (`ticket`):
+        the picture as a person sees it (decoded, oriented) and the model's input tensor."""
+        ticket.start()
         start = time.perf_counter()
         try:
             shown, tensor = imaging.picture_and_input(data, package.input, max_pixels=SETTINGS.max_image_pixels,
                                                       jpeg_reduce=SETTINGS.jpeg_reduce)
         except Rejection as rejection:
             raise rejection.at("images", index) from None
-        metrics.PREPROCESS_SECONDS.labels(model=package.name).observe(time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        ticket.decoded(seconds)
+        metrics.PREPROCESS_SECONDS.labels(model=package.name).observe(seconds)
         return shown, tensor
 
+
+# The images waiting for this worker's decoding threads (one queue per worker process, like the
+# threads): refused at arrival beyond SERVICE_MAX_LATENCY_MS of waiting, by RequestGuard before
+# their body is parsed while it is already that long.
+DECODE_QUEUE = admission.DecodeQueue(settings.cpu_count(), SETTINGS.max_latency_ms / 1000)
 
 # The models this service serves, as found above: `bentoml build` packs them into the bento.
 ImageClassifier.models.extend(bentoml.models.BentoModel(f"{name}:{package.version}") for name, package in PACKAGES.items())
@@ -290,7 +303,7 @@ ImageClassifier.models.extend(bentoml.models.BentoModel(f"{name}:{package.versio
 ImageClassifier.add_asgi_middleware(observe.RequestDuration)
 ImageClassifier.add_asgi_middleware(RequestGuard, routes={**dict.fromkeys(("/classify", "/features", "/explain"), IMAGE_FORM),
                                                           v2_routes.INFER_ROUTE: v2_routes.INFER_BODY},
-                                    max_body_bytes=SETTINGS.max_body_bytes)
+                                    max_body_bytes=SETTINGS.max_body_bytes, shed=DECODE_QUEUE.overloaded)
 responses.fix_media_types(ImageClassifier)
 # Routing refusals (404/405 JSON, bounded metric labels), API keys and CORS before BentoML's middlewares.
 access.install(ImageClassifier, api_keys=SETTINGS.api_keys, metrics_require_key=SETTINGS.metrics_require_key,

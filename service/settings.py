@@ -114,7 +114,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
                        "serving a built bento: the models it packs"),
     "SERVICE_DEFAULT_MODEL": ("finetuned", "model used when a request names none (the first of SERVICE_MODELS if this one is not served)"),
     "SERVICE_MAX_BATCH_SIZE": ("32", "most images in one batched inference call (adaptive batching, per model)"),
-    "SERVICE_MAX_LATENCY_MS": ("2000", "longest a request may wait in the batching queue before it is answered 503"),
+    "SERVICE_MAX_LATENCY_MS": ("2000", "longest a request may wait for a decoding thread, and then in the batching queue, before it is answered 503"),
     "SERVICE_MAX_IMAGES_PER_REQUEST": ("16", "most images in one request"),
     "SERVICE_MAX_IMAGE_PIXELS": ("40000000", "largest image accepted, in pixels (width x height), checked before decoding"),
     "SERVICE_MAX_BODY_BYTES": (str(32 << 20), "largest request body accepted, in bytes"),

@@ -72,12 +72,12 @@ def test_bench_runs_every_stage_and_writes_a_well_formed_report(tmp_path, export
     markdown = (out / "bench.md").read_text()
     for heading in ("## Machine", "## Targets", "## Service (defaults), ceiling and naive baseline", "## The parts alone",
                     "## Where a request's time goes", "## The load generator", "## Service settings compared (same run)",
-                    "## The service's two protocols (same server, same run)"):
+                    "## The service's two protocols (same run)"):
         assert heading in markdown
     for plot in ("throughput.png", "latency.png", "time.png"):
         with Image.open(out / plot) as image:
             assert image.format == "PNG" and image.width > 300
-    assert {p.name for p in (out / "logs").iterdir()} == {"floor.log", "service.log", "compare1.log", "naive.log"}
+    assert {p.name for p in (out / "logs").iterdir()} == {"floor.log", "service.log", "compare1.log", "v2.log", "naive.log"}
     assert "**compare 1**: SERVICE_MAX_BATCH_SIZE=2, SERVICE_INFERENCE_THREADS=1" in markdown  # the plots' short names
     assert "report in" in run.stdout and "wrote" in run.stdout
 
@@ -289,3 +289,37 @@ def test_accuracy_measures_models_through_the_service_and_keeps_the_rows_of_rung
     table = [line for line in text.splitlines() if line.startswith("| ") and "(`" in line]
     assert table == [kept["row"], mnist["row"], scratch["row"]]
     assert "`cvd-transfer` 2026-01-01 at abc1234" in text and "![scratch](results/scratch-curves.png)" in text
+
+
+def test_soak_ramps_soaks_overloads_and_writes_its_report(tmp_path):
+    """A few seconds of each phase against a tiny model: the report is well formed, the soak's
+    answers are all 200, the overload's only 200 or 503, and memory was sampled each second."""
+    home = tmp_path / "home"
+    register(RGB_MODEL, home)
+    out = tmp_path / "soak"
+    command = [sys.executable, "-m", "loadtests.soak", "--model", RGB_MODEL.name, "--limit", "4", "--ramp-seconds", "1",
+               "--soak-seconds", "4", "--warmup-seconds", "1", "--memory-tolerance", "0.5", "--overload-seconds", "2",
+               "--after-seconds", "1", "--set", "SERVICE_WORKERS=1", "--out", str(out)]
+    run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=serve_env(home))
+    assert run.returncode in (0, 1), run.stdout[-3000:] + run.stderr[-3000:]
+    results = json.loads((out / "soak.json").read_text())
+    assert [level["concurrency"] for level in results["ramp"]] == [1, 4, 16, 64]
+    assert results["maximum_images_per_s"] > 0
+    soak, overload, after = (results["phases"][name] for name in ("soak", "overload", "after"))
+    assert set(soak["outcomes"]) == {"200"} and soak["requests"] >= 1
+    assert set(overload["outcomes"]) <= {"200", "503"} and overload["rate_per_s"] == pytest.approx(4 * soak["rate_per_s"] / 0.7)
+    assert set(after["outcomes"]) == {"200"}
+    assert len(soak["memory_mib"]) >= 3 and all(mib > 50 for _, mib in soak["memory_mib"])
+    assert [row["met"] for row in results["verdicts"]][0] is True and len(results["verdicts"]) == 4
+    assert results["exit_code"] == 0  # the server's, on SIGTERM
+    markdown = (out / "soak.md").read_text()
+    assert "## Verdicts" in markdown and "| soak |" in markdown and "| overload |" in markdown
+    with Image.open(out / "soak.png") as image:
+        assert image.format == "PNG" and image.width > 300
+
+
+def test_soak_refuses_a_bad_setting_in_one_line():
+    run = subprocess.run([sys.executable, "-m", "loadtests.soak", "--set", "SERVICE_NO_SUCH=1"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0 and run.stderr.strip().startswith("error: --set 'SERVICE_NO_SUCH=1'"), run.stderr
+    assert "Traceback" not in run.stderr

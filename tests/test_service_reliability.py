@@ -315,3 +315,48 @@ def test_v2_infer_holds_the_pixel_budget_until_answered():
         assert admitted == [one_request, one_request, 3 * input_pixels]
 
     anyio.run(main)
+
+
+def test_the_decode_queue_refuses_at_arrival_what_would_wait_too_long():
+    queue = admission.DecodeQueue(threads=2, max_wait_s=1.0)
+    with queue.enter(1000):  # nothing measured yet: no estimate, no refusal
+        assert queue.waiting == 1000
+    assert queue.waiting == 0  # places never started are given back
+    queue._decoded(0.1)
+    first = queue.enter(15)  # 15 x 0.1 s / 2 threads = 0.75 s
+    assert queue.predicted_wait_s(10) == pytest.approx(1.25)
+    with pytest.raises(Rejection) as refused:
+        queue.enter(10)
+    assert refused.value.reason is Reason.OVERLOADED and refused.value.status == 503
+    assert "15 images are waiting" in refused.value.message and queue.waiting == 15
+    with first:
+        for _ in range(5):
+            first.start()
+        assert queue.waiting == 10
+    assert queue.waiting == 0
+    queue._decoded(0.2)
+    assert queue.mean_s == pytest.approx(0.11)  # a moving average
+
+
+def test_a_ticket_that_waited_too_long_is_refused_before_decoding():
+    queue = admission.DecodeQueue(threads=1, max_wait_s=0.05)
+    with queue.enter(2) as ticket:
+        ticket.start()
+        threading.Event().wait(0.1)
+        with pytest.raises(Rejection) as late:
+            ticket.start()
+        assert late.value.reason is Reason.OVERLOADED and "waited" in late.value.message
+    assert queue.waiting == 0
+
+
+def test_the_decode_queue_refuses_while_images_wait_long_and_recovers_when_it_empties():
+    queue = admission.DecodeQueue(threads=2, max_wait_s=1.0, smoothing=1.0)  # the average: the last wait
+    with queue.enter(3) as slow:
+        assert queue.overloaded() is None
+        slow.entered -= 0.9  # it has waited 0.9 s by the time its first image starts
+        slow.start()
+        assert queue.waiting == 2 and queue.wait_s == pytest.approx(0.9, abs=0.05)
+        refusal = queue.overloaded()  # more than half the allowed wait, images still waiting
+        assert refusal is not None and refusal.reason is Reason.OVERLOADED and "2 images are waiting" in refusal.message
+    # Everything left: an empty queue refuses nothing (the lag of the average never locks it shut).
+    assert queue.waiting == 0 and queue.wait_s == 0.0 and queue.overloaded() is None
