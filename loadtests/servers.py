@@ -84,6 +84,7 @@ class Server:
         return requests.get(self.metrics_url, timeout=30).text
 
     def stop(self) -> None:
+        tree = self.processes()[1:]  # BentoML's workers run in sessions of their own, out of the group
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
@@ -91,7 +92,20 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+        kill_all(tree)  # none left after a clean exit; after a crash of the supervisor, its orphans
         self._log.close()
+
+    def kill(self) -> None:
+        """SIGKILL to every process of the tree at once, as a container's or a node's death does."""
+        kill_all(self.processes())
+        self.process.wait()
+
+
+def kill_all(processes: list[psutil.Process]) -> None:
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(processes, timeout=10)
 
 
 def process_role(cmdline: list[str]) -> str:

@@ -37,7 +37,7 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from . import access, admission, engine, explain, imaging, metrics, observe, registry, responses, settings, shutdown, ui, v2_routes
+from . import access, admission, engine, explain, imaging, memory, metrics, observe, registry, responses, settings, shutdown, ui, v2_routes
 from .errors import Reason, Rejection, quoted
 from .inference import Inference, explainable
 from .registry import ModelError, ModelPackage
@@ -291,6 +291,9 @@ class ImageClassifier:
         metrics.PREPROCESS_SECONDS.labels(model=package.name).observe(seconds)
         return shown, tensor
 
+
+# Large blocks go back to the system when freed (service/memory.py): memory flat under steady load.
+memory.give_back_large_blocks()
 
 # The images waiting for this worker's decoding threads (one queue per worker process, like the
 # threads): refused at arrival beyond SERVICE_MAX_LATENCY_MS of waiting, by RequestGuard before
