@@ -207,7 +207,7 @@ class Replica:
 
 
 class Rehearsal:
-    """The replicas, haproxy and the timeline of what was done to them (seconds from the load's start)."""
+    """The replicas, haproxy and the timeline of what was done to them (seconds from the first start)."""
 
     def __init__(self, args: argparse.Namespace, env: dict[str, str], out: Path) -> None:
         self.args, self.env, self.out = args, env, out
@@ -306,7 +306,7 @@ def run(args: argparse.Namespace, out: Path) -> dict:
             rehearsal.replicas.append(rehearsal.start(slot, "start"))
         generator = threading.Thread(target=soak.open_loop, args=(rehearsal.proxy.url + "/classify", bodies, load),
                                      kwargs={"timeout_s": config.timeout_s + 30.0, "stop": stop}, daemon=True)
-        rehearsal.started = time.monotonic()
+        offset = rehearsal.at()  # the load's clock starts now; the timeline's at the first replica
         generator.start()
         rehearsal.event("steady", f"load at {args.rate:g} requests/s")
         time.sleep(args.settle_seconds)
@@ -326,6 +326,7 @@ def run(args: argparse.Namespace, out: Path) -> dict:
     finally:
         stop.set()
         rehearsal.stop()
+    load.sent_s = [offset + t for t in load.sent_s]
     results["events"] = rehearsal.events
     results["requests"] = {"sent_s": [round(t, 4) for t in load.sent_s], "latency_s": [round(t, 5) for t in load.latency_s],
                            "outcome": load.outcome}
@@ -413,10 +414,10 @@ def plot(results: dict, path: Path) -> Path:
 
     sent, latency, outcome = (np.asarray(results["requests"][k], dtype=object if k == "outcome" else float)
                               for k in ("sent_s", "latency_s", "outcome"))
-    end = int(sent.max()) + 1 if len(sent) else 1
+    end = max(1, int(sent.max())) if len(sent) else 1  # whole seconds only: the last, cut short, is left out
     fig, (rate_ax, latency_ax) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
     for kind in sorted(set(outcome)):
-        counts = np.bincount(sent[outcome == kind].astype(int), minlength=end)
+        counts = np.bincount(sent[outcome == kind].astype(int), minlength=end)[:end]
         rate_ax.plot(range(end), counts, label=kind, linewidth=0.9)
     ok = outcome == "200"
     seconds = sent[ok].astype(int)
@@ -427,10 +428,11 @@ def plot(results: dict, path: Path) -> Path:
         if event["phase"] in ("restart", "kill") and ("exited" in event["event"] or "SIGKILL" in event["event"]):
             for ax in (rate_ax, latency_ax):
                 ax.axvline(event["t"], color="red" if "SIGKILL" in event["event"] else "grey", linewidth=0.6)
+    rate_ax.set_ylim(bottom=0)
     rate_ax.set_ylabel("requests sent per second, by answer")
     latency_ax.set_ylabel("latency of 200s, ms")
     latency_ax.set_yscale("log")
-    latency_ax.set_xlabel("seconds from the load's start (grey: a replica exits after SIGTERM; red: SIGKILL)")
+    latency_ax.set_xlabel("seconds from the first replica's start (grey: a replica exits after SIGTERM; red: SIGKILL)")
     for ax in (rate_ax, latency_ax):
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
