@@ -10,8 +10,9 @@ In order:
    so a route added to the service is served without a change here.
 3. API keys (SERVICE_API_KEYS; off by default): `Authorization: Bearer <key>`, compared with each
    key in constant time (hmac.compare_digest, every key compared), else 401 `unauthorized`.
-   /livez, /healthz and /readyz are always open (probes carry no keys); /metrics too unless
-   SERVICE_METRICS_REQUIRE_KEY=1.
+   /livez, /healthz and /readyz are always open (probes carry no keys), and so is the page for
+   people, /ui and its files (static, no data: it asks for a key and sends it on each API call);
+   /metrics too unless SERVICE_METRICS_REQUIRE_KEY=1.
 
 Why before BentoML's middlewares: its metrics middleware labels bentoml_service_request_* with
 the request's raw path, so every path a client invents would become a new series on /metrics.
@@ -33,6 +34,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .errors import Reason, Rejection, quoted
+from .ui import PREFIX as PAGE  # the page for people and, under it, its files
 
 log = logging.getLogger("bentoml.image_classifier")
 
@@ -98,7 +100,9 @@ class Edge:
     # --- API keys -------------------------------------------------------------------------------
 
     def _key_problem(self, scope: Scope) -> Rejection | None:
-        if not self.keys or scope["path"] in self.open_paths:
+        path = scope["path"]
+        if not self.keys or path in self.open_paths or (scope["method"] in ("GET", "HEAD") and
+                                                         (path == PAGE or path.startswith(PAGE + "/"))):
             return None
         given = b""
         for name, value in scope["headers"]:

@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 UI_DIR = Path(__file__).with_name("ui")
 PAGE = "index.html"
+PREFIX = "/ui"  # where the page is served (open without an API key: service/access.py)
 # file -> content type
 ASSETS = {
     PAGE: "text/html; charset=utf-8",
@@ -35,7 +36,7 @@ def asset(name: str) -> Response:
     return Response((UI_DIR / name).read_bytes(), media_type=ASSETS[name], headers={"Cache-Control": CACHE_CONTROL})
 
 
-def mount(app: FastAPI, prefix: str = "/ui") -> None:
+def mount(app: FastAPI, prefix: str = PREFIX) -> None:
     """Add GET `prefix` (the page) and GET `prefix`/<asset> to `app`, outside the OpenAPI schema."""
 
     @app.get(prefix, include_in_schema=False)

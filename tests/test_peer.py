@@ -186,7 +186,7 @@ def test_bench_measures_triton_beside_the_service_and_both_give_every_file_the_s
     out = tmp_path / "report"
     command = [sys.executable, "-m", "loadtests.bench", "--model", "scratch", "--limit", "6",
                "--concurrency", "1", "2", "--images-per-request", "1", "2",
-               "--skip", "engine", "--skip", "decode", "--skip", "floor", "--skip", "naive",
+               "--skip", "engine", "--skip", "decode", "--skip", "floor", "--skip", "naive", "--skip", "v2",
                "--warmup", "0.2", "--duration", "0.5", "--min-requests", "1",
                "--peer", "triton", "--peer-python", str(peer_python), "--peer-queue-delays-ms", "1", "--peer-instances", "1", "2",
                "--out", str(out)]

@@ -27,6 +27,8 @@ function askForKey(reason) {
         pendingKey = null;
         resolve(Boolean(key));
       }, { once: true });
+      // Not a submit button: Enter in the key field submits with the form's first one, "Use this key".
+      $("#key-cancel").onclick = () => dialog.close("cancel");
       dialog.showModal();
       $("#key").focus();
     });
