@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shlex
 import shutil
@@ -42,34 +41,23 @@ from pathlib import Path
 
 import numpy as np
 
-from service import settings
-from service.settings import SettingsError
-
-from . import bench, images, loadgen, machine, soak
-from .servers import REPO, SERVICE, Server, free_port, serve_env
+from . import command, loadgen, machine, soak
+from .servers import REPO, SERVICE, Server, free_port
 
 BACKEND = "replicas"
 
 
-class RolloutError(Exception):
+class RolloutError(command.CommandError):
     """A user mistake or an unusable setup; the message is one line."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.rollout", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.split("\n")[2:]))
-    default_model = settings.VARIABLES["SERVICE_DEFAULT_MODEL"][0]
-    parser.add_argument("--model", default=default_model, help=f"model in the BentoML store (default: {default_model})")
-    parser.add_argument("--images", type=Path, help="folder of image files (default: 32 generated JPEGs)")
-    parser.add_argument("--limit", type=int, default=64, help="use at most this many files (default: 64)")
+    parser = command.parser("python -m loadtests.rollout", __doc__)
     parser.add_argument("--replicas", type=int, default=3, help="replicas behind haproxy (default: 3)")
     parser.add_argument("--rate", type=float, default=20.0, help="requests a second, one image each (default: 20)")
     parser.add_argument("--settle-seconds", type=float, default=10.0,
                         help="steady load before the first restart, between phases and at the end (default: 10)")
     parser.add_argument("--kills", type=int, default=1, help="replicas SIGKILLed one after the other (default: 1)")
-    parser.add_argument("--set", action="append", default=[], metavar="SERVICE_X=VALUE",
-                        help="a setting of every replica (repeatable; default SERVICE_WORKERS=1: the replicas share the cores)")
     parser.add_argument("--haproxy", default="haproxy", help="the haproxy binary (default: haproxy on PATH)")
     parser.add_argument("--out", type=Path, help="report folder (default: reports/rollout-TIME)")
     args = parser.parse_args(argv)
@@ -276,22 +264,9 @@ class Rehearsal:
 
 
 def run(args: argparse.Namespace, out: Path) -> dict:
-    try:
-        given = {"SERVICE_WORKERS": "1", **bench.given_settings("--set", args.set)}
-        config = settings.load({**given, "SERVICE_MODELS": args.model})
-    except bench.BenchError as err:
-        raise RolloutError(str(err)) from None
-    except SettingsError as err:
-        raise RolloutError(f"--set/--model: {err}") from None
-    model = config.models[0]
-    if args.images is not None:
-        try:
-            files = images.read_files(images.image_files(args.images, args.limit))
-        except images.ImagesError as err:
-            raise RolloutError(f"--images: {err}") from None
-    else:
-        files = images.generated_jpegs(min(args.limit, 32))
-    env = serve_env(**given, SERVICE_MODELS=args.model, SERVICE_DEFAULT_MODEL=model.name)
+    # One worker per replica unless --set says otherwise: the replicas share the cores.
+    chosen = command.setup(args, defaults={"SERVICE_WORKERS": "1"})
+    given, config, model, env, files = chosen.given, chosen.config, chosen.model, chosen.env, chosen.files
     bodies = loadgen.request_bodies(files, 1, {"model": model.name})
     results: dict = {"created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                      "command": "python -m loadtests.rollout " + shlex.join(sys.argv[1:]),
@@ -447,18 +422,11 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     try:
         results = run(args, out)
-    except RolloutError as err:
+    except command.CommandError as err:
         raise SystemExit(f"error: {err}") from None
     except RuntimeError as err:  # a replica did not start
         raise SystemExit(f"error: a replica did not start (logs in {out}): {str(err).splitlines()[0]}") from None
-    (out / "rollout.json").write_text(json.dumps(results) + "\n")
-    plot(results, out / "rollout.png")
-    (out / "rollout.md").write_text(markdown(results))
-    for row in results["verdicts"]:
-        print(f"{({True: 'met', False: 'MISSED', None: 'reported'})[row['met']]:10s} {row['target']}: {row['measured']}")
-    print(f"wrote {out / 'rollout.md'}")
-    if any(row["met"] is False for row in results["verdicts"]):
-        raise SystemExit(1)
+    command.finish(results, out, "rollout", plot, markdown)
 
 
 if __name__ == "__main__":

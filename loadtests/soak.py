@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shlex
 import sys
 import threading
@@ -34,29 +33,15 @@ from typing import Callable
 import aiohttp
 import numpy as np
 
-from service import settings
-from service.settings import SettingsError
-
-from . import bench, images, loadgen, machine
-from .servers import REPO, SERVICE, Server, metric_value, serve_env
+from . import command, loadgen, machine
+from .servers import REPO, SERVICE, Server, metric_value
 
 RAMP_CONCURRENCY = (1, 4, 16, 64)
 ACCEPTED_UNDER_OVERLOAD = ("200", "503")
 
 
-class SoakError(Exception):
-    """A user mistake or an unusable setup; the message is one line."""
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.soak", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.split("\n")[2:]))
-    default_model = settings.VARIABLES["SERVICE_DEFAULT_MODEL"][0]
-    parser.add_argument("--model", default=default_model,
-                        help=f"model in the BentoML store, NAME or NAME:VERSION (default: {default_model})")
-    parser.add_argument("--images", type=Path, help="folder of image files, searched recursively (default: 32 generated JPEGs)")
-    parser.add_argument("--limit", type=int, default=64, help="use at most this many files (default: 64)")
+    parser = command.parser("python -m loadtests.soak", __doc__)
     parser.add_argument("--images-per-request", type=int, default=1, help="images in each request (default: 1)")
     parser.add_argument("--ramp-seconds", type=float, default=8.0, help="seconds measured at each ramp level (default: 8)")
     parser.add_argument("--soak-share", type=float, default=0.7, help="the soak's rate as a share of the maximum (default: 0.7)")
@@ -71,7 +56,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-outstanding", type=int, default=4096,
                         help="requests the load generator keeps open at most; a request it cannot send on time "
                              "counts as 'not sent' (default: 4096)")
-    parser.add_argument("--set", action="append", default=[], metavar="SERVICE_X=VALUE", help="a service setting (repeatable)")
     parser.add_argument("--out", type=Path, help="report folder (default: reports/soak-MODEL-TIME)")
     args = parser.parse_args(argv)
     if args.limit < 1 or args.images_per_request < 1 or args.max_outstanding < 1:
@@ -248,24 +232,8 @@ def _progress(message: str) -> None:
 
 
 def run(args: argparse.Namespace, out: Path) -> dict:
-    try:
-        given = bench.given_settings("--set", args.set)
-    except bench.BenchError as err:
-        raise SoakError(str(err)) from None
-    try:
-        config = settings.load({**given, "SERVICE_MODELS": args.model})
-    except SettingsError as err:
-        raise SoakError(f"--set/--model: {err}") from None
-    model = config.models[0]
-    if args.images is not None:
-        try:
-            paths = images.image_files(args.images, args.limit)
-        except images.ImagesError as err:
-            raise SoakError(f"--images: {err}") from None
-        files = images.read_files(paths)
-    else:
-        files = images.generated_jpegs(min(args.limit, 32))
-    env = serve_env(**given, SERVICE_MODELS=args.model, SERVICE_DEFAULT_MODEL=model.name)
+    chosen = command.setup(args)
+    given, config, model, env, files = chosen.given, chosen.config, chosen.model, chosen.env, chosen.files
     bodies = loadgen.request_bodies(files, args.images_per_request, {"model": model.name})
     results: dict = {"created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                      "command": "python -m loadtests.soak " + shlex.join(sys.argv[1:]),
@@ -394,19 +362,11 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     try:
         results = run(args, out)
-    except SoakError as err:
+    except command.CommandError as err:
         raise SystemExit(f"error: {err}") from None
     except RuntimeError as err:  # the server did not start
         raise SystemExit(f"error: the service did not start; see {out / 'server.log'}: {str(err).splitlines()[0]}") from None
-    (out / "soak.json").write_text(json.dumps(results, indent=2) + "\n")
-    plot(results, out / "soak.png")
-    (out / "soak.md").write_text(markdown(results))
-    for row in results["verdicts"]:
-        verdict = {True: "met", False: "MISSED", None: "not measured"}[row["met"]]
-        print(f"{verdict:12s} {row['target']}: {row['measured']}")
-    print(f"wrote {out / 'soak.md'}")
-    if not all(row["met"] for row in results["verdicts"]):
-        raise SystemExit(1)
+    command.finish(results, out, "soak", plot, markdown)
 
 
 if __name__ == "__main__":
