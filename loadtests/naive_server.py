@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from service import imaging, settings
+from training.evaluate import as_class_probabilities
 
 
 def split_multipart(body: bytes, content_type: str, field: str = "images") -> list[bytes]:
@@ -70,15 +71,13 @@ class NaiveHandler(BaseHTTPRequestHandler):
                                            jpeg_reduce=self.config.jpeg_reduce)
                 with self.lock:
                     probabilities = self.model.predict(image[None], verbose=0)[0]
-                answers.append(self._classification(np.asarray(probabilities, dtype=np.float64)))
+                answers.append(self._classification(as_class_probabilities(probabilities[None])[0]))
         except Exception as err:  # a baseline: every failure is the client's 400, with its message
             return self._answer(HTTPStatus.BAD_REQUEST, json.dumps({"error": str(err)}).encode())
         self._answer(HTTPStatus.OK, json.dumps(answers).encode())
 
     def _classification(self, probabilities: np.ndarray) -> dict:
         classes = self.manifest["classes"]
-        if len(probabilities) == 1:  # a one-unit sigmoid head: P(classes[1])
-            probabilities = np.array([1 - probabilities[0], probabilities[0]])
         best = int(np.argmax(probabilities))
         entry = {"label": classes[best], "probability": float(probabilities[best])}
         return {**entry, "top_k": [entry], "model": self.manifest.get("name", ""), "version": "keras"}

@@ -8,7 +8,6 @@ manifest; the version it reports is the store's version of the model.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -19,10 +18,8 @@ from bentoml.exceptions import NotFound
 
 from . import explain
 from .imaging import InputSpec
+from .package import MANIFEST, sha256
 from .settings import ModelRef
-
-MANIFEST = "manifest.json"
-
 
 class ModelError(Exception):
     """A configured model that cannot be served; the message is one line that names it."""
@@ -80,16 +77,8 @@ class ModelPackage:
             size = path.stat().st_size
             if isinstance(record.get("bytes"), int) and size != record["bytes"]:
                 raise ModelError(f"{name}: {path} is corrupt or truncated ({size} bytes; the manifest records {record['bytes']})")
-            if record.get("sha256") and _sha256(path) != record["sha256"]:
+            if record.get("sha256") and sha256(path) != record["sha256"]:
                 raise ModelError(f"{name}: {path} is corrupt (its sha256 differs from the manifest's)")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _store_location() -> str:

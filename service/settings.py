@@ -14,10 +14,11 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
+from .package import MODEL_NAME, MODEL_NAME_RULE
+
 RECIPE_MODELS = ("scratch", "augmented", "transfer", "finetuned")
-# BentoML tag names: lowercase letters, digits, '-', '_' and '.', starting alphanumeric;
-# an optional ':version' pins one version instead of the latest.
-_MODEL_REF = re.compile(r"^([a-z0-9][a-z0-9._-]*)(?::([A-Za-z0-9._-]+))?$")
+# A model name; an optional ':version' pins one version instead of the latest.
+_MODEL_REF = re.compile(rf"^({MODEL_NAME})(?::([A-Za-z0-9._-]+))?$")
 # An API key: printable ASCII without spaces or commas, long enough not to be guessed.
 _API_KEY = re.compile(r"^[!-+\--~]{16,}$")
 # A CORS origin as browsers send it: scheme://host[:port], no path; or * for any.
@@ -186,7 +187,7 @@ def _models(name: str, text: str) -> tuple[ModelRef, ...]:
         match = _MODEL_REF.match(entry)
         if not match:
             raise SettingsError(
-                f"{name}: {entry!r} is not a model name (lowercase letters, digits, '-', '_', '.'; optionally :version)"
+                f"{name}: {entry!r} is not a model name ({MODEL_NAME_RULE}; optionally :version)"
             )
         refs.append(ModelRef(match.group(1), match.group(2)))
     names = [ref.name for ref in refs]

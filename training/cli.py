@@ -10,6 +10,8 @@ import os
 import sys
 from pathlib import Path
 
+from service.package import MODEL_NAME_RULE, is_model_name
+
 from .config import LADDER_NAMES, RECIPES, TRANSFER_MODES
 from .errors import UserError
 
@@ -43,9 +45,8 @@ def _positive(kind):
 
 
 def _model_name(text: str) -> str:
-    # Names become BentoML tags: lowercase letters, digits, '-', '_' and '.', starting alphanumeric.
-    if not text or not text[0].isalnum() or any(not (c.isalnum() or c in "-_.") for c in text) or text != text.lower():
-        raise argparse.ArgumentTypeError(f"model names use lowercase letters, digits, '-', '_' and '.', not {text!r}")
+    if not is_model_name(text):  # names become BentoML tags
+        raise argparse.ArgumentTypeError(f"model names use {MODEL_NAME_RULE}, not {text!r}")
     return text
 
 

@@ -21,7 +21,6 @@ ONNX Runtime's feature map within as much of tf.GradientTape's on Keras'). The f
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import time
@@ -29,6 +28,8 @@ from pathlib import Path
 
 import keras
 import numpy as np
+
+from service.package import sha256
 
 from .data import load_datasets
 from .errors import UserError
@@ -193,14 +194,6 @@ def _relative_difference(got, expected) -> float:
     return float(np.abs(np.asarray(got) - expected).max()) / scale if scale > 0 else float(np.abs(np.asarray(got)).max())
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def file_records(model_dir: Path, names) -> dict[str, dict]:
     """sha256 and size of every file under `names` (files or folders), by relative path."""
     records = {}
@@ -208,7 +201,7 @@ def file_records(model_dir: Path, names) -> dict[str, dict]:
         path = model_dir / name
         for file in sorted([path] if path.is_file() else path.rglob("*")):
             if file.is_file():
-                records[str(file.relative_to(model_dir))] = {"sha256": _sha256(file), "bytes": file.stat().st_size}
+                records[str(file.relative_to(model_dir))] = {"sha256": sha256(file), "bytes": file.stat().st_size}
     return records
 
 

@@ -9,10 +9,11 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from service.package import MANIFEST
+
 from .errors import UserError
 
 FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 KERAS_FILE = "model.keras"
 
 
