@@ -1,67 +1,29 @@
 """Server processes for the benchmark and the tests: an HTTP server command (`bentoml serve`, the
-naive Keras server, Triton through PyTriton) in its own process group on a free port, its output in a log file, and what it
-reports: readiness, the CPU time of its process tree, and its Prometheus /metrics.
+naive Keras server, Triton through PyTriton) started as service.launch starts the service (its own
+process group, a free port, a log file, readiness), and what it reports: the CPU time of its
+process tree and its Prometheus /metrics.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import psutil
 import requests
 
-REPO = Path(__file__).resolve().parents[1]
-SERVICE = "service.service:ImageClassifier"
+from service import launch
+from service.launch import REPO, SERVICE, free_port, serve_env  # noqa: F401 - what the benchmark and the tests start with
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`command --host 127.0.0.1 --port N` in a subprocess; ready when GET `ready_path` answers 200."""
+class Server(launch.Process):
+    """A server process (launch.Process) and what it reports: the CPU time of its process tree and its /metrics."""
 
     def __init__(self, command: list[str], env: dict[str, str], log_path: Path, cwd: Path = REPO,
                  ready_path: str = "/readyz", metrics_url: str | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self.ready_path = ready_path
+        super().__init__(command, env, log_path, cwd, ready_path)
         self.metrics_url = metrics_url or self.url + "/metrics"  # Triton serves them on a port of their own
-        self._log = log_path.open("w")
-        self.process = subprocess.Popen(
-            [*command, "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-
-    @classmethod
-    def bentoml(cls, target: str, env: dict[str, str], log_path: Path, cwd: Path = REPO) -> "Server":
-        return cls([sys.executable, "-m", "bentoml", "serve", target], env, log_path, cwd)
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.process.args[2]} exited with {self.process.returncode}:\n{self.log()[-5000:]}")
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(self.url + self.ready_path, timeout=2).status_code == 200:
-                    return
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"{self.process.args[2]} not ready after {timeout} s:\n{self.log()[-5000:]}")
 
     def processes(self) -> list[psutil.Process]:
         """The server's process and all its descendants (BentoML's workers)."""
@@ -85,15 +47,8 @@ class Server:
 
     def stop(self) -> None:
         tree = self.processes()[1:]  # BentoML's workers run in sessions of their own, out of the group
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        super().stop()
         kill_all(tree)  # none left after a clean exit; after a crash of the supervisor, its orphans
-        self._log.close()
 
     def kill(self) -> None:
         """SIGKILL to every process of the tree at once, as a container's or a node's death does."""
@@ -127,27 +82,9 @@ def process_role(cmdline: list[str]) -> str:
     return "server"
 
 
-@contextlib.contextmanager
 def serving(env: dict[str, str], log_path: Path, target: str = SERVICE, cwd: Path = REPO):
-    """A ready `bentoml serve target` for the `with` block, stopped after it."""
-    server = Server.bentoml(target, env, log_path, cwd)
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()
-
-
-def serve_env(bentoml_home: Path | None = None, **settings: str) -> dict[str, str]:
-    """The environment of a server: this interpreter's without its SERVICE_*/BENTOML_* settings, quiet,
-    offline, the model store `bentoml_home` (default: the user's, ~/bentoml) and the given settings."""
-    env = {k: v for k, v in os.environ.items() if not re.match(r"^(SERVICE_|REQUIRE_GPU$|BENTOML_)", k)}
-    if bentoml_home is not None:
-        env["BENTOML_HOME"] = str(bentoml_home)
-    elif "BENTOML_HOME" in os.environ:
-        env["BENTOML_HOME"] = os.environ["BENTOML_HOME"]
-    env.update({"BENTOML_DO_NOT_TRACK": "True", "PYTHONPATH": str(REPO), **settings})
-    return env
+    """A ready `bentoml serve target` (a Server) for the `with` block, stopped after it."""
+    return launch.serving(env, log_path, target, cwd, kind=Server)
 
 
 # --- reading /metrics (Prometheus text format) ------------------------------------------------------

@@ -84,7 +84,7 @@ def _base(base_weights: str | None, models_dir: Path, data: Path) -> tuple[str, 
 
 def serve_and_classify(names: list[str], data: Path) -> None:
     """Start the service on the models just registered, classify one test image per class, stop."""
-    from loadtests.servers import serve_env, serving
+    from service.launch import serve_env, serving
 
     print("\nserving them: bentoml serve service.service:ImageClassifier")
     samples = [sorted(folder.glob("*.jpg"))[0] for folder in sorted((data / "test").iterdir()) if folder.is_dir()]
