@@ -32,16 +32,8 @@ import requests
 from PIL import Image
 
 from loadtests.servers import serve_env, serving
+from training.ladder import RUNGS
 
-# name, what the seed documents call the rung, their figure
-RUNGS = [
-    ("cvd-scratch", "convnet from scratch", 0.72),
-    ("cvd-augmented", "from scratch, with data augmentation", 0.82),
-    ("cvd-transfer-features", "feature extraction, no augmentation", 0.90),
-    ("cvd-transfer", "feature extraction, with augmentation", 0.96),
-    ("cvd-finetuned", "fine-tuning", 0.97),
-    ("mnist", "MNIST convnet", 0.993),
-]
 TOLERANCE_PP = 0.2
 CHUNK = 16
 CONCURRENCY = 4
@@ -180,7 +172,7 @@ def _record(result: dict, seed_names: dict, measured_on: str, commit: str | None
 
 def merge(previous: list[dict], records: list[dict]) -> list[dict]:
     """The rungs measured now, and the earlier rows of the others, in the ladder's order."""
-    order = [name for name, _, _ in RUNGS]
+    order = [rung.name for rung in RUNGS]
     by_name = {r["name"]: r for r in previous if "row" in r}
     by_name.update({r["name"]: r for r in records})
     return sorted(by_name.values(), key=lambda r: (order.index(r["name"]) if r["name"] in order else len(order), r["name"]))
@@ -188,7 +180,7 @@ def merge(previous: list[dict], records: list[dict]) -> list[dict]:
 
 def write_report(results: list[dict], report: Path, *, commit: str | None = None) -> None:
     """Write the table: these results, and the earlier rows of rungs not measured now."""
-    seed_names = {name: (what, seed) for name, what, seed in RUNGS}
+    seed_names = {rung.name: (rung.seed_name, rung.seed_accuracy) for rung in RUNGS}
     figures = report.parent / "results"
     figures.mkdir(parents=True, exist_ok=True)
     raw_path = figures / "results.json"
@@ -230,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, type=Path, help="cats_vs_dogs_small (its test/ split is sent)")
     parser.add_argument("--mnist", type=Path, help="mnist.npz (its test split is sent)")
     parser.add_argument("--models-dir", type=Path, default=Path("models"), help="(default: %(default)s)")
-    parser.add_argument("--models", default=",".join(name for name, _, _ in RUNGS), help="(default: %(default)s)")
+    parser.add_argument("--models", default=",".join(rung.name for rung in RUNGS), help="(default: %(default)s)")
     parser.add_argument("--report", type=Path, default=Path("docs/results.md"), help="(default: %(default)s)")
     parser.add_argument("--bentoml-home", help="model store (default: BENTOML_HOME or ~/bentoml)")
     args = parser.parse_args(argv)
