@@ -2,7 +2,7 @@
 
 Every other limit bounds one request (its body, its images, each image's pixels); this one bounds
 what all of them hold at once, which is what exhausts memory under load: decoded pictures
-(measured at 3-17 MiB per megapixel at their peak, docs/reliability.md) and the model inputs
+(docs/reliability.md measures their peak per megapixel) and the model inputs
 waiting in the batching queue. A request is admitted when its cost fits in what is left of the
 budget, and holds it until it is answered; one that does not fit is refused at once with 503
 `overloaded` and Retry-After, before anything is decoded, rather than queued: a queue of

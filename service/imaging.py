@@ -19,14 +19,11 @@ tests/test_service_imaging.py checks all of this against TensorFlow.
 
 An optional deviation, off by default (SERVICE_JPEG_REDUCE=1): a JPEG at least 4x larger than
 the model input in both directions is decoded at a reduced scale in the DCT domain
-(libjpeg-turbo's scaled IDCT: 1/2, 3/8, 1/4 or 1/8), never below 2x the input. Measured with
-`python -m service.imaging`: 1.5x faster preprocessing of 12-megapixel JPEGs to 224x224 (28 ms
-instead of 41; 1.8-2.6x before the exact path stopped converting and turning whole images, see
-resize_bilinear), but the model input then differs from training's by 2-15 levels (0-255) on
-average on real photos, because bilinear resizing
+(libjpeg-turbo's scaled IDCT: 1/2, 3/8, 1/4 or 1/8), never below 2x the input. It is faster on
+large photos, but the model input then differs from training's, because bilinear resizing
 without antialiasing samples a full-size image sparsely and a reduced one smoothly. That is
-skew, so exactness stays the default. `python -m service.imaging PHOTO.jpg` measures it on
-your own images.
+skew, so exactness stays the default. `python -m service.imaging PHOTO.jpg` measures both on
+your own images (docs/benchmarks.md has the figures on 12-megapixel photos).
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ def fix_media_types(*services) -> None:
     """Give every API of `services` (bentoml.service classes) its response media type up front.
 
     BentoML picks an API's response media type from the JSON schema of its output, which pydantic
-    builds anew for every response: 21% of the worker's busy time at one client (py-spy,
+    builds anew for every response, a large share of the worker's busy time at one client (py-spy,
     docs/benchmarks.md). The type never changes; BentoML uses the output spec's `media_type` when
     it is set, so it is set here to what BentoML would compute."""
     for service in services:

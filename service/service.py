@@ -90,7 +90,7 @@ logging.getLogger("bentoml._internal.server.http_app").addFilter(_ExpectedRefusa
 def _settle_garbage_collector() -> None:
     """Move everything start-up made (modules, ONNX Runtime sessions, BentoML's app) out of the
     garbage collector's sight: its full collections, which stall every request in the process,
-    then walk only what requests create (docs/benchmarks.md: they took 80-150 ms each)."""
+    then walk only what requests create (docs/benchmarks.md measured the stalls)."""
     gc.collect()
     gc.freeze()
 
