@@ -20,11 +20,12 @@ CPU_PYTHON       ?= 3.11
 # podman keeps a HEALTHCHECK only in Docker's image format (docker ignores this).
 export BUILDAH_FORMAT ?= docker
 
-.PHONY: help install demo test test-system serve bento bento-export wheels-gpu wheels-cpu image image-cpu reproduce bench triton-peer locust clean
+.PHONY: help install demo test test-fast test-system serve bento bento-export wheels-gpu wheels-cpu image image-cpu reproduce bench triton-peer locust clean
 
 help:
 	@echo "make demo   - install, then train (and export, serve) on the built-in demo dataset"
 	@echo "make test   - install, then run the test suite (everything but the system tier)"
+	@echo "make test-fast - the fast tier: pure functions and in-process checks, no training beyond a few steps, no server"
 	@echo "make test-system - the system tier: containers, Prometheus, a browser (needs .ci/system-packages.txt installed)"
 	@echo "make serve  - serve the registered models on http://localhost:3000 (SERVICE_MODELS=... picks them)"
 	@echo "make bento  - build a bento (service, serving requirements, models) with bentoml build"
@@ -59,6 +60,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not system"
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not system and not slow" -q
 
 test-system: $(STAMP)
 	$(BIN)/python -m pytest -m system

@@ -26,6 +26,16 @@ from training.demo_data import generate_demo_dataset  # noqa: E402
 # Sizes small enough for 2 CPU cores: the scratch convnet needs at least 78 pixels, MobileNetV2 32.
 SCRATCH_SIZE = (80, 80)
 TRANSFER_SIZE = (48, 48)
+# The fast tier (`make test-fast`: pytest -m "not system and not slow") trains no model beyond a few
+# steps and starts no server. A test that uses one of these fixtures (the tiny models of every recipe,
+# a live server, a bento) is in the full tier only, as is a test marked `slow` itself.
+SLOW_FIXTURES = {"trained_models", "exported_models", "server", "bento", "located_model", "observed", "image", "peer_python"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -174,6 +174,7 @@ def test_an_exif_block_claiming_huge_counts_is_ignored_or_refused():
 MIB_PER_MEGAPIXEL = 20
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("width,height", [(40_000_000, 1), (1, 40_000_000)], ids=["40000000x1", "1x40000000"])
 def test_decoding_memory_is_bounded_by_the_pixels_whatever_the_shape(tmp_path, width, height):
     path = tmp_path / "picture.png"

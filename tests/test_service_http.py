@@ -261,6 +261,7 @@ def test_metrics_count_right_across_workers(server):
             assert re.search(r'label="(red|green|blue|dark|light)"', line), line
 
 
+@pytest.mark.slow
 def test_overload_is_a_503_to_retry_never_a_500(tmp_path):
     """A batching queue that cannot keep its latency bound sheds calls: 503 with Retry-After."""
     home = tmp_path / "home"
@@ -359,6 +360,7 @@ def test_metric_labels_stay_a_fixed_set_whatever_paths_clients_invent(server):
 KEY = "test-key-0123456789abcdef"
 
 
+@pytest.mark.slow
 def test_api_keys_cors_and_the_pixel_budget(tmp_path):
     """One server with every guard on: API keys (for /metrics too), a CORS origin, and a pixel budget
     of two requests' worth (the budget's refusals are unit-tested in test_service_reliability.py: the

@@ -166,6 +166,7 @@ def test_bad_files_are_rejected_with_a_reason(data, reason):
     assert caught.value.message
 
 
+@pytest.mark.slow
 def test_pixel_limit_is_checked_before_decoding():
     bomb = png_bomb(20000, 20000)  # 400 MB of pixels (1.2 GB as RGB) in a small file
     assert len(bomb) < 1_000_000

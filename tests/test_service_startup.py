@@ -228,6 +228,7 @@ def serve_until_exit(home: Path, **environ: str) -> subprocess.CompletedProcess:
                           cwd=REPO, env=serve_env(home, **environ), capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_bentoml_serve_stops_at_once_with_one_line(tmp_path):
     """Before any worker starts (no restart loop): a model ONNX Runtime refuses, a Grad-CAM graph
     cut short (the inference worker restarted every 10 s forever on it before), REQUIRE_GPU."""
@@ -251,6 +252,7 @@ def test_bentoml_serve_stops_at_once_with_one_line(tmp_path):
         assert not any("Traceback" in line for line in output)
 
 
+@pytest.mark.slow
 def test_not_ready_until_every_model_is_loaded_and_warmed(tmp_path):
     """/readyz answers 503 at once, /livez 200 and requests 503 `unavailable` while the worker loads
     and warms its models; 200 once every model is.
