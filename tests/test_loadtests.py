@@ -64,7 +64,13 @@ def test_bench_runs_every_stage_and_writes_a_well_formed_report(tmp_path, export
         terms = (row["engine_images_per_s"], row["decode_images_per_s"], row["floor_images_per_s"])
         assert 0 < row["ceiling_images_per_s"] < min(terms)
     targets = {t["target"]: t for t in results["targets"]}
-    assert len(targets) == 6 and all(t["verdict"] for t in targets.values())
+    assert len(targets) == 6
+    for target in targets.values():  # the verdict says what `met` does, but where the harness cannot judge
+        assert target["verdict"] == report.VERDICTS[target["met"]] or (
+            target["met"] is None and target["verdict"] in ("reported", "see text")), target
+    one_client, tail = (next(t for name, t in targets.items() if name.startswith(start)) for start in ("1 client:", "p99 "))
+    assert one_client["met"] in (True, False)  # every term and the service's p50 were measured: judged
+    assert tail["verdict"] in ("met", "see text")  # a p99 at every level
     assert [t["met"] for name, t in targets.items() if name.startswith("16 clients")] == [None, None]  # not measured
     assert targets["no errors at any level (1 image per request)"]["met"] is True
     assert targets["errors at every level (1 and 2 images per request; reported, not a target)"]["verdict"] == "reported"
