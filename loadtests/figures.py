@@ -75,7 +75,7 @@ def draw(results: dict, out: Path) -> list[Path]:
 
 def throughput(results: dict, path: Path) -> Path:
     """images/s against concurrency: the service setups, the ceiling, the engine alone, the naive server.
-    Log y, so that the engine (hundreds) and the rest (tens) both read."""
+    Log y, so that the engine alone and the servers, far apart (docs/benchmarks.md has the figures), both read."""
     plt = _pyplot()
     concurrency = results["protocol"]["concurrency"]
     fig, axes = _panels(plt, results, sharey=True)
