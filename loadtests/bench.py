@@ -37,7 +37,7 @@ from service import imaging, registry, settings
 from service.registry import ModelError, ModelPackage
 from service.settings import SettingsError
 
-from . import components, images, loadgen, machine, peer, report, v2
+from . import components, images, loadgen, machine, peer, protocols, report, v2, verdicts
 from .servers import REPO, SERVICE, Server, metric_value, serve_env
 
 FLOOR = "loadtests.floor_service:Floor"
@@ -481,10 +481,10 @@ def run(plan: Plan) -> dict:
         results["peer_comparison"] = peer.comparison(results)
         results["top1_agreement"] = peer.agreement(results, [_file_name(plan, path) for path in plan.files])
     if "v2" in results:
-        results["protocols"] = report.protocols(results)
-        results["protocols_agreement"] = report.protocols_agreement(results, [_file_name(plan, path) for path in plan.files])
-    results["ceiling"] = report.ceilings(results)
-    results["targets"] = report.targets(results)
+        results["protocols"] = protocols.comparison(results)
+        results["protocols_agreement"] = protocols.agreement(results, [_file_name(plan, path) for path in plan.files])
+    results["ceiling"] = verdicts.ceilings(results)
+    results["targets"] = verdicts.targets(results)
     results["activity_after"] = machine.activity()
     return results
 

@@ -61,9 +61,10 @@ def read_files(paths: list[Path]) -> list[tuple[str, bytes]]:
 def make_phone_photos(sources: list[Path], folder: Path, *, size: tuple[int, int] = PHONE_SIZE, seed: int = 0,
                       progress=None) -> list[Path]:
     """One 12-megapixel JPEG per source image in `folder`: upscaled (bicubic), with a little sensor-like
-    noise so that the file has the detail (and the size, about 2 MB) of a real photo, saved at quality 90.
-    Every other one is stored sideways with EXIF orientation 6, as a phone held upright writes it,
-    so the service also pays for applying the orientation. Existing files are reused."""
+    noise so that the file has the detail, and so the size, of a real photo (docs/benchmarks.md, run 2,
+    gives it), saved at quality 90. Every other one is stored sideways with EXIF orientation 6, as a
+    phone held upright writes it, so the service also pays for applying the orientation. Existing
+    files are reused."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     written = []

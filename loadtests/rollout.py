@@ -15,8 +15,8 @@ of the service behind haproxy under steady load, each replaced in turn, then one
   after     steady load again for --settle-seconds
 
 Replicas are processes rather than containers: the signals, the drain and haproxy's view of them
-are the same (a container's PID 1 is the same `bentoml serve`), they start in seconds rather than a
-minute, and the container image's own stop and drain are tested in tests/test_container.py.
+are the same (a container's PID 1 is the same `bentoml serve`), they start sooner (no container
+runtime, no image), and the container image's own stop and drain are tested in tests/test_container.py.
 
 The report (rollout.md, rollout.json, rollout.png, haproxy's and each replica's log) goes to --out;
 docs/deployment.md keeps a run's figures with its command. Exit status 1 when a restart lost a request.
