@@ -249,6 +249,7 @@ def _stats(prefix) -> dict[str, dict]:
         return {row["Name"]: row for row in csv.DictReader(f)}
 
 
+@pytest.mark.slow
 def test_locustfile_runs_headless_weights_its_tasks_by_the_options_and_counts_every_non_2xx_as_a_failure(tmp_path):
     home = tmp_path / "bentoml"
     register(RGB_MODEL, home)
@@ -312,6 +313,7 @@ def test_accuracy_measures_models_through_the_service_and_keeps_the_rows_of_rung
     assert "`cvd-transfer` 2026-01-01 at abc1234" in text and "![scratch](results/scratch-curves.png)" in text
 
 
+@pytest.mark.slow
 def test_soak_ramps_soaks_overloads_and_writes_its_report(tmp_path):
     """A few seconds of each phase against a tiny model: the report is well formed, the soak's
     answers are all 200, the overload's only 200 or 503, and memory was sampled each second."""
