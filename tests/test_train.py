@@ -10,9 +10,10 @@ import pytest
 from training import train as train_module
 from training.config import resolve
 from training.errors import UserError
-from training.manifest import read_manifest
+from training.manifest import load_keras_model, read_manifest
 from training.reevaluate import reevaluate
-from training.train import load_keras_model, train
+from training.runs import _same_run, run_record
+from training.train import train
 
 OUTPUTS = ("model.keras", "history.json", "training_log.csv", "curves.png", "evaluation.json",
            "confusion_matrix.png", "manifest.json", "summary.txt")
@@ -188,14 +189,12 @@ def test_without_a_validation_split_every_image_trains_and_the_last_epoch_is_kep
 
 
 def test_a_run_record_is_compared_on_what_its_recipe_uses():
-    from training.train import _same_run
-
-    run = train_module.run_record("scratch", resolve("scratch"), "/data", None)
+    run = run_record("scratch", resolve("scratch"), "/data", None)
     older = json.loads(json.dumps(run))
     del older["hyperparameters"]["lr_schedule"]  # recorded before the option existed: its default
     older["hyperparameters"]["unfreeze"] = 4  # fine-tuning's option: no concern of scratch
     assert _same_run(older, run)
     older["hyperparameters"]["epochs"] = 31
     assert not _same_run(older, run)
-    finetune = train_module.run_record("finetune", resolve("finetune"), "/data", "/models/transfer")
+    finetune = run_record("finetune", resolve("finetune"), "/data", "/models/transfer")
     assert not _same_run({**finetune, "hyperparameters": {**finetune["hyperparameters"], "unfreeze": 4}}, finetune)

@@ -105,8 +105,8 @@ def _data(args) -> str | None:
 
 def cmd_train(args) -> None:
     from .config import resolve
-    from .manifest import read_manifest
-    from .train import summary_line, train
+    from .manifest import read_manifest, summary_line
+    from .train import train
 
     overrides = _overrides(args)
     name = args.name or LADDER_NAMES.get(args.recipe, args.recipe)

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from .config import LADDER, LADDER_NAMES, resolve
 from .export import export_if_changed
-from .manifest import read_manifest
-from .train import run_record, summary_line, train, trained_with
+from .manifest import read_manifest, summary_line
+from .runs import run_record, trained_with
+from .train import train
 
 
 def run_pipeline(data, *, models_dir: str | Path = "models", prefix: str = "", overwrite: bool = False,
