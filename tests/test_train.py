@@ -188,6 +188,12 @@ def test_without_a_validation_split_every_image_trains_and_the_last_epoch_is_kep
     assert manifest["metrics"]["evaluated_on"] == "test"
 
 
+def test_an_unknown_recipe_is_refused_before_its_folder_is_made(tmp_path):
+    with pytest.raises(UserError, match="unknown recipe 'bogus'"):
+        train("bogus", resolve("scratch"), data=None, name="b", models_dir=tmp_path)
+    assert not (tmp_path / "b").exists()
+
+
 def test_a_run_record_is_compared_on_what_its_recipe_uses():
     run = run_record("scratch", resolve("scratch"), "/data", None)
     older = json.loads(json.dumps(run))

@@ -2,7 +2,7 @@
 
 A run's folder (models/<name>/) holds run.json, the options it trains with. Started again with the
 same options, an interrupted run resumes from its backup; a finished one is not trained again
-unless asked. Which options count is each recipe's (ONLY_FOR).
+unless asked. Which options count is each recipe's (training/registry.py: a recipe's `options`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 from .config import Hyperparameters
 from .errors import UserError
 from .manifest import KERAS_FILE, MANIFEST, write_json
+from .registry import RECIPES
 
 LOG_FILE = "training_log.csv"
 BACKUP_DIR = "backup"
@@ -47,9 +48,11 @@ def run_record(recipe: str, hp: Hyperparameters, data, source) -> dict:
     return {"recipe": recipe, **resolved, "hyperparameters": hp.as_dict()}
 
 
-# Hyperparameters that only some recipes use; the others do not tell two runs apart.
-ONLY_FOR = {"base": ("transfer",), "alpha": ("transfer",), "base_weights": ("transfer",),
-            "transfer_mode": ("transfer",), "unfreeze": ("finetune",)}
+def _uses(recipe: str, key: str) -> bool:
+    """Whether `recipe` trains with the hyperparameter `key`: every recipe uses those that no
+    recipe claims as its own option; the others, only the recipes that claim them."""
+    claimed = any(key in entry.options for entry in RECIPES.values())
+    return not claimed or (recipe in RECIPES and key in RECIPES[recipe].options)
 
 
 def _same_run(previous: dict | None, run: dict) -> bool:
@@ -59,7 +62,7 @@ def _same_run(previous: dict | None, run: dict) -> bool:
         return False
     defaults, stored = Hyperparameters().as_dict(), previous.get("hyperparameters", {})
     return all(stored.get(key, defaults[key]) == value for key, value in run["hyperparameters"].items()
-               if run["recipe"] in ONLY_FOR.get(key, (run["recipe"],)))
+               if _uses(run["recipe"], key))
 
 
 def _stored_run(out: Path) -> dict | None:

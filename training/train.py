@@ -3,54 +3,31 @@
 The run reads like the lesson it follows: load the data, build the model, compile, fit with
 callbacks (best checkpoint by validation loss, per-epoch log, backup for resuming), evaluate the
 best model on the test split, plot, and write the manifest. An interrupted run resumes from its
-last completed epoch when started again with the same options (runs.py).
+last completed epoch when started again with the same options (runs.py); what a recipe builds is
+its entry in registry.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 
 from . import plots
-from .bases import build_base
 from .config import Hyperparameters
 from .data import Datasets, load_datasets
 from .errors import UserError
 from .evaluate import write_evaluation
-from .manifest import KERAS_FILE, MANIFEST, load_keras_model, read_manifest, training_manifest, write_json
-from .recipes import (
-    FEATURE_MAP,
-    assemble,
-    build_basenet,
-    build_mnist,
-    build_scratch,
-    build_transfer,
-    compile_model,
-    core_of,
-    default_unfreeze,
-    feature_extractor,
-    head_on_features,
-    unfreeze_top,
-)
+from .manifest import KERAS_FILE, MANIFEST, load_keras_model, training_manifest, write_json
+from .recipes import FEATURE_MAP, assemble, compile_model, core_of, feature_extractor, head_on_features
+from .registry import Start, recipe as recipe_named, with_source_base
 from .runs import BACKUP_DIR, CACHE_DIR, HEAD_WEIGHTS, LOG_FILE, prepare_output, read_log, run_record
 from .runs import trained_with  # noqa: F401  (reproduce.py imports it from here)
-
-
-@dataclass
-class Built:
-    """What a recipe builds: the inference core, how it preprocesses, and its pretrained base."""
-
-    core: keras.Model
-    preprocessing: str
-    base: dict | None = None
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -92,58 +69,6 @@ def _callbacks(out: Path, checkpoint: Path, hp: Hyperparameters, *, validated: b
         callbacks.append(keras.callbacks.LearningRateScheduler(
             lambda epoch: hp.learning_rate * 0.5 * (1 + math.cos(math.pi * epoch / hp.epochs))))
     return callbacks
-
-
-def _source_model(source: Path, classes: list[str], hp: Hyperparameters) -> tuple[keras.Model, dict]:
-    """The trained transfer model that fine-tuning starts from, checked against this run."""
-    manifest = read_manifest(source)
-    if manifest.get("base") is None:
-        raise UserError(f"{source} has no pretrained base to fine-tune (recipe {manifest.get('recipe')}); train the transfer recipe first")
-    if manifest["classes"] != classes:
-        raise UserError(f"{source} was trained on classes {manifest['classes']}, but this data has {classes}")
-    shape = [manifest["input"][k] for k in ("height", "width", "channels")]
-    if shape != list(hp.input_shape):
-        raise UserError(f"{source} takes {shape[0]}x{shape[1]}x{shape[2]} images, not {'x'.join(map(str, hp.input_shape))}: leave --image-size unset")
-    return load_keras_model(source), manifest
-
-
-def _with_source_base(hp: Hyperparameters, source: Path) -> Hyperparameters:
-    """Fine-tuning keeps the source model's base: record its architecture and alpha, not the options'."""
-    base = read_manifest(source).get("base")
-    if base is None:
-        return hp  # _source_model says why this cannot be fine-tuned
-    return dataclasses.replace(hp, base=base["architecture"], alpha=hp.alpha if base.get("alpha") is None else base["alpha"])
-
-
-def build(recipe: str, hp: Hyperparameters, classes: list[str], *, source: Path | None, fallback_to_random: bool) -> Built:
-    """The recipe's inference core (see recipes.py), unfrozen as the recipe wants."""
-    k = len(classes)
-    rescale = "Rescaling(1/255)"
-    if recipe in ("scratch", "augmented"):
-        return Built(build_scratch(hp.input_shape, k, dropout=hp.dropout), rescale)
-    if recipe == "mnist":
-        return Built(build_mnist(hp.input_shape, k), rescale)
-    if recipe == "basenet":
-        return Built(build_basenet(hp.input_shape, k), rescale)
-    preprocessing = f"{hp.base}.preprocess_input"
-    if recipe == "transfer":
-        if hp.color_mode != "rgb":
-            raise UserError("pretrained bases take RGB images: leave --color-mode unset")
-        base, weights = build_base(hp.base, hp.input_shape, hp.base_weights, alpha=hp.alpha, fallback_to_random=fallback_to_random)
-        record = {"architecture": hp.base, "alpha": hp.alpha if hp.base == "mobilenet_v2" else None,
-                  "weights": weights.weights, "weights_source": weights.source, "unfrozen_layers": 0,
-                  "layers": len(base.layers), "parameters": base.count_params()}
-        return Built(build_transfer(hp.input_shape, k, base, hp.base, dropout=hp.dropout), preprocessing, record)
-    if recipe == "finetune":
-        if source is None:
-            raise UserError("fine-tuning starts from a trained transfer model: pass --from models/<name>")
-        model, manifest = _source_model(source, classes, hp)
-        core = core_of(model)
-        count = hp.unfreeze if hp.unfreeze is not None else default_unfreeze(core, manifest["base"]["architecture"])
-        unfrozen = unfreeze_top(core, count)
-        record = {**manifest["base"], "unfrozen_layers": count, "unfrozen": unfrozen, "from_model": manifest["name"]}
-        return Built(core, f"{manifest['base']['architecture']}.preprocess_input", record)
-    raise UserError(f"unknown recipe {recipe!r}")
 
 
 def _extract_features(extractor: keras.Model, dataset, label: str) -> tuple[np.ndarray, np.ndarray]:
@@ -201,22 +126,23 @@ def _parameters(model: keras.Model) -> dict[str, int]:
 def train(recipe: str, hp: Hyperparameters, *, data: str | Path | None, name: str, models_dir: str | Path = "models",
           source: str | Path | None = None, overwrite: bool = False, fallback_to_random: bool = False) -> dict:
     """Train one recipe into `models_dir/name`; return its manifest."""
+    entry = recipe_named(recipe)
     out = Path(models_dir) / name
-    if recipe == "finetune" and source is not None:
-        hp = _with_source_base(hp, Path(source))
+    if entry.starts_from and source is not None:
+        hp = with_source_base(hp, Path(source))
     run = run_record(recipe, hp, data, source)
     resumed = prepare_output(out, run, overwrite)
     keras.utils.set_random_seed(hp.seed)
 
-    ds = load_datasets(data, hp, mnist=recipe == "mnist", cache_dir=out / CACHE_DIR)
+    ds = load_datasets(data, hp, mnist=entry.data == "mnist", cache_dir=out / CACHE_DIR)
     sizes = ds.info["sizes"]
     print(f"{name}: {recipe} recipe on {ds.info['path']}: {sizes['train']} training, {sizes['validation']} validation, "
           f"{sizes.get('test', 0)} test images; classes {', '.join(ds.classes)}" + (" (resuming)" if resumed else ""))
-    built = build(recipe, hp, ds.classes, source=Path(source) if source else None, fallback_to_random=fallback_to_random)
+    built = entry.build(hp, ds.classes, Start(Path(source) if source else None, fallback_to_random))
     core = built.core
 
     extraction_seconds = 0.0
-    if recipe == "transfer" and hp.transfer_mode == "features":
+    if entry.on_features(hp):
         extraction_seconds = fit_on_features(core, ds, hp, out)
         model = assemble(core, augment=False, seed=hp.seed, name=name)
         model.save(out / KERAS_FILE)
