@@ -22,6 +22,17 @@ def test_help_lists_the_commands():
         assert command in result.stdout
 
 
+def test_every_hyperparameter_but_augment_is_an_option_of_train():
+    from dataclasses import fields
+
+    from training.cli import _overrides, build_parser
+    from training.config import Hyperparameters
+
+    given = _overrides(build_parser().parse_args(["train", "scratch"]))
+    assert set(given) == {field.name for field in fields(Hyperparameters)} - {"augment"}
+    assert all(value is None for value in given.values())  # not given: the recipe's default
+
+
 def test_pipeline_help_says_it_exports_each_rung():
     result = run_cli("pipeline", "--help")
     assert result.returncode == 0

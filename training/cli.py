@@ -6,11 +6,12 @@ TensorFlow is imported only by the commands that need it, so `--help` answers at
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
 
-from .config import LADDER, TRANSFER_MODES
+from .config import LADDER, TRANSFER_MODES, Hyperparameters
 from .registry import RECIPES
 from .errors import UserError
 
@@ -86,8 +87,8 @@ def _add_hyperparameters(parser: argparse.ArgumentParser, *, learning_rate: bool
                       "(default: all of MobileNetV2, 4 of VGG16 and ResNet50)")
 
 
-HYPERPARAMETERS = ("image_size", "color_mode", "batch_size", "epochs", "learning_rate", "lr_schedule", "optimizer", "seed", "patience",
-                   "validation_split", "dropout", "base", "alpha", "base_weights", "transfer_mode", "unfreeze")
+# Every Hyperparameters field; those a command has no option for (augment: the recipe's) are not overridden.
+HYPERPARAMETERS = tuple(field.name for field in dataclasses.fields(Hyperparameters))
 
 
 def _overrides(args) -> dict:
