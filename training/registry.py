@@ -9,6 +9,10 @@ Adding a recipe: write its model function in training/recipes.py, `build_<name>(
 num_classes) -> keras.Model` (the core contract is that module's docstring), and add one entry:
 
     "<name>": Recipe(convnet("build_<name>"), model_name="<name>", defaults={"epochs": 20}),
+
+A recipe that needs more than the input shape and the number of classes (a pretrained base, a
+trained model to start from) has a builder of its own instead, like `transfer` and `finetune`:
+`build(hp, classes, start) -> Built`, importing Keras inside.
 """
 
 from __future__ import annotations
@@ -155,7 +159,7 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-def recipe(name: str) -> Recipe:
+def recipe_named(name: str) -> Recipe:
     try:
         return RECIPES[name]
     except KeyError:

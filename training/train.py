@@ -25,7 +25,7 @@ from .errors import UserError
 from .evaluate import write_evaluation
 from .manifest import KERAS_FILE, MANIFEST, load_keras_model, training_manifest, write_json
 from .recipes import FEATURE_MAP, assemble, compile_model, core_of, feature_extractor, head_on_features
-from .registry import Start, recipe as recipe_named, with_source_base
+from .registry import Start, recipe_named, with_source_base
 from .runs import BACKUP_DIR, CACHE_DIR, HEAD_WEIGHTS, LOG_FILE, prepare_output, read_log, run_record
 from .runs import trained_with  # noqa: F401  (reproduce.py imports it from here)
 
