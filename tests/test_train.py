@@ -194,6 +194,16 @@ def test_an_unknown_recipe_is_refused_before_its_folder_is_made(tmp_path):
     assert not (tmp_path / "b").exists()
 
 
+def test_a_recipe_is_its_model_function_and_one_registry_entry(tmp_path, multiclass_data, monkeypatch):
+    from training.registry import RECIPES, Recipe, convnet
+
+    monkeypatch.setitem(RECIPES, "tiny", Recipe(convnet("build_basenet"), model_name="tiny",
+                                                defaults={"image_size": (32, 32), "epochs": 1}))
+    manifest = train("tiny", resolve("tiny"), data=multiclass_data, name="tiny", models_dir=tmp_path)
+    assert manifest["recipe"] == "tiny" and manifest["training"]["epochs_run"] == 1 and manifest["base"] is None
+    assert manifest["input"]["preprocessing"] == "inside the model: Rescaling(1/255)"
+
+
 def test_a_run_record_is_compared_on_what_its_recipe_uses():
     run = run_record("scratch", resolve("scratch"), "/data", None)
     older = json.loads(json.dumps(run))
