@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: {args.model_dir} has no manifest.json: not a trained model's folder")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from training.errors import UserError
-    from training.train import load_keras_model
+    from training.manifest import load_keras_model
 
     try:
         model = load_keras_model(args.model_dir)

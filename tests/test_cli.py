@@ -1,6 +1,7 @@
 """The command line: help, and one clear line (no traceback) for each mistake a user can make."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -18,8 +19,40 @@ def run_cli(*args, cwd=None):
 def test_help_lists_the_commands():
     result = run_cli("--help")
     assert result.returncode == 0
-    for command in ("train", "evaluate", "pipeline", "export", "demo", "demo-data"):
-        assert command in result.stdout
+    # the commands' lines, not words anywhere ("python -m training" holds "train")
+    listed = re.findall(r"^    (\S+)", result.stdout, re.MULTILINE)
+    assert listed == ["train", "pipeline", "evaluate", "export", "reproduce", "visualize", "demo-data", "demo"]
+
+
+def test_the_registry_drives_the_train_command(monkeypatch, capsys):
+    from training.cli import build_parser
+    from training.registry import RECIPES, Recipe, convnet
+
+    # a recipe added to the table alone is a choice of `train`, named and described in its help
+    monkeypatch.setitem(RECIPES, "tiny", Recipe(convnet("build_basenet"), model_name="tiny-net", pretrained=True))
+    for name in RECIPES:
+        assert build_parser().parse_args(["train", name]).recipe == name
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "{" + ",".join(RECIPES) + "}" in help_text
+    assert " | ".join(RECIPES) in help_text
+    assert "default: the recipe's: scratch, augmented, transfer, finetuned, mnist, basenet, tiny-net)" in help_text
+    assert "pretrained base (transfer, finetune, tiny):" in help_text
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "bogus"])
+    assert "invalid choice: 'bogus'" in capsys.readouterr().err
+
+
+def test_every_hyperparameter_but_augment_is_an_option_of_train():
+    from dataclasses import fields
+
+    from training.cli import _overrides, build_parser
+    from training.config import Hyperparameters
+
+    given = _overrides(build_parser().parse_args(["train", "scratch"]))
+    assert set(given) == {field.name for field in fields(Hyperparameters)} - {"augment"}
+    assert all(value is None for value in given.values())  # not given: the recipe's default
 
 
 def test_pipeline_help_says_it_exports_each_rung():

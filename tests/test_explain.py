@@ -19,8 +19,9 @@ from training.demo_data import _background, _shape_polygon, generate_demo_datase
 from training.errors import UserError
 from training.export import export_model
 from training.gradcam import GradCamWeights, feature_map_centres, gradient_tape_weights, head_layers, keras_gradcam
+from training.manifest import load_keras_model
 from training.recipes import core_of
-from training.train import load_keras_model, train
+from training.train import train
 
 ALL = ["scratch", "augmented", "transfer", "finetuned", "mnist", "basenet", "transfer-features"]
 

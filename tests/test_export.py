@@ -12,8 +12,7 @@ import pytest
 
 from training.errors import UserError
 from training.export import check_parity, export_model, inference_model, parity_inputs
-from training.manifest import read_manifest
-from training.train import load_keras_model
+from training.manifest import load_keras_model, read_manifest
 
 ALL = ["scratch", "augmented", "transfer", "finetuned", "mnist", "basenet", "transfer-features"]
 

@@ -10,9 +10,10 @@ import pytest
 from training import train as train_module
 from training.config import resolve
 from training.errors import UserError
-from training.manifest import read_manifest
+from training.manifest import load_keras_model, read_manifest
 from training.reevaluate import reevaluate
-from training.train import load_keras_model, train
+from training.runs import _same_run, run_record
+from training.train import train
 
 OUTPUTS = ("model.keras", "history.json", "training_log.csv", "curves.png", "evaluation.json",
            "confusion_matrix.png", "manifest.json", "summary.txt")
@@ -187,15 +188,29 @@ def test_without_a_validation_split_every_image_trains_and_the_last_epoch_is_kep
     assert manifest["metrics"]["evaluated_on"] == "test"
 
 
-def test_a_run_record_is_compared_on_what_its_recipe_uses():
-    from training.train import _same_run
+def test_an_unknown_recipe_is_refused_before_its_folder_is_made(tmp_path):
+    with pytest.raises(UserError, match="unknown recipe 'bogus'"):
+        train("bogus", resolve("scratch"), data=None, name="b", models_dir=tmp_path)
+    assert not (tmp_path / "b").exists()
 
-    run = train_module.run_record("scratch", resolve("scratch"), "/data", None)
+
+def test_a_recipe_is_its_model_function_and_one_registry_entry(tmp_path, multiclass_data, monkeypatch):
+    from training.registry import RECIPES, Recipe, convnet
+
+    monkeypatch.setitem(RECIPES, "tiny", Recipe(convnet("build_basenet"), model_name="tiny",
+                                                defaults={"image_size": (32, 32), "epochs": 1}))
+    manifest = train("tiny", resolve("tiny"), data=multiclass_data, name="tiny", models_dir=tmp_path)
+    assert manifest["recipe"] == "tiny" and manifest["training"]["epochs_run"] == 1 and manifest["base"] is None
+    assert manifest["input"]["preprocessing"] == "inside the model: Rescaling(1/255)"
+
+
+def test_a_run_record_is_compared_on_what_its_recipe_uses():
+    run = run_record("scratch", resolve("scratch"), "/data", None)
     older = json.loads(json.dumps(run))
     del older["hyperparameters"]["lr_schedule"]  # recorded before the option existed: its default
     older["hyperparameters"]["unfreeze"] = 4  # fine-tuning's option: no concern of scratch
     assert _same_run(older, run)
     older["hyperparameters"]["epochs"] = 31
     assert not _same_run(older, run)
-    finetune = train_module.run_record("finetune", resolve("finetune"), "/data", "/models/transfer")
+    finetune = run_record("finetune", resolve("finetune"), "/data", "/models/transfer")
     assert not _same_run({**finetune, "hyperparameters": {**finetune["hyperparameters"], "unfreeze": 4}}, finetune)

@@ -6,14 +6,16 @@ TensorFlow is imported only by the commands that need it, so `--help` answers at
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
 
 from service.package import MODEL_NAME_RULE, is_model_name
 
-from .config import LADDER_NAMES, RECIPES, TRANSFER_MODES
+from .config import LADDER, TRANSFER_MODES, Hyperparameters
 from .errors import UserError
+from .registry import RECIPES
 
 DEMO_DATA = Path("data/demo")
 
@@ -75,7 +77,8 @@ def _add_hyperparameters(parser: argparse.ArgumentParser, *, learning_rate: bool
     group.add_argument("--patience", type=_positive(int), metavar="N", help="stop after N epochs without a better val_loss (default: off)")
     group.add_argument("--validation-split", type=float, metavar="F", help="fraction of train held out when there is no validation split (default 0.2; mnist 0.1)")
     group.add_argument("--dropout", type=float, metavar="F", help="dropout before the classifier (default: augmented 0.5, transfer 0.5, scratch 0)")
-    base = parser.add_argument_group("pretrained base (transfer, finetune)")
+    pretrained = ", ".join(name for name, entry in RECIPES.items() if entry.pretrained)
+    base = parser.add_argument_group(f"pretrained base ({pretrained})")
     base.add_argument("--base", choices=("mobilenet_v2", "vgg16", "resnet50"), help="keras.applications base (default mobilenet_v2)")
     base.add_argument("--alpha", type=float, help="MobileNetV2 width multiplier (default 0.35)")
     base.add_argument("--base-weights", metavar="imagenet|none|PATH", help="ImageNet weights (downloaded or cached), random, or a local weights file (default imagenet)")
@@ -85,8 +88,8 @@ def _add_hyperparameters(parser: argparse.ArgumentParser, *, learning_rate: bool
                       "(default: all of MobileNetV2, 4 of VGG16 and ResNet50)")
 
 
-HYPERPARAMETERS = ("image_size", "color_mode", "batch_size", "epochs", "learning_rate", "lr_schedule", "optimizer", "seed", "patience",
-                   "validation_split", "dropout", "base", "alpha", "base_weights", "transfer_mode", "unfreeze")
+# Every Hyperparameters field; those a command has no option for (augment: the recipe's) are not overridden.
+HYPERPARAMETERS = tuple(field.name for field in dataclasses.fields(Hyperparameters))
 
 
 def _overrides(args) -> dict:
@@ -106,14 +109,15 @@ def _data(args) -> str | None:
 
 def cmd_train(args) -> None:
     from .config import resolve
-    from .manifest import read_manifest
-    from .train import summary_line, train
+    from .manifest import read_manifest, summary_line
+    from .train import train
 
     overrides = _overrides(args)
-    name = args.name or LADDER_NAMES.get(args.recipe, args.recipe)
+    entry = RECIPES[args.recipe]
+    name = args.name or entry.model_name
     source = None
-    if args.recipe == "finetune":
-        source = Path(args.source or Path(args.models_dir) / LADDER_NAMES["transfer"])
+    if entry.starts_from:
+        source = Path(args.source or Path(args.models_dir) / RECIPES[entry.starts_from].model_name)
         if overrides["image_size"] is None:
             shape = read_manifest(source)["input"]
             overrides["image_size"] = (shape["height"], shape["width"])
@@ -194,15 +198,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("train", help="train one recipe", description="Train one recipe into MODELS_DIR/NAME.")
-    p.add_argument("recipe", choices=RECIPES, help="scratch | augmented | transfer | finetune | mnist | basenet")
-    p.add_argument("--name", type=_model_name, help="model name (default: the recipe's: scratch, augmented, transfer, finetuned, mnist, basenet)")
+    p.add_argument("recipe", choices=RECIPES, help=" | ".join(RECIPES))
+    p.add_argument("--name", type=_model_name,
+                   help=f"model name (default: the recipe's: {', '.join(entry.model_name for entry in RECIPES.values())})")
     p.add_argument("--from", dest="source", metavar="MODEL_DIR", help="finetune: the trained transfer model to start from (default MODELS_DIR/transfer)")
     _add_data_options(p)
     _add_hyperparameters(p)
     p.set_defaults(func=cmd_train)
 
-    p = commands.add_parser("pipeline", help="train and export the ladder: scratch, augmented, transfer, finetune",
-                            description="Train scratch, augmented, transfer and finetune in order, exporting each after "
+    p = commands.add_parser("pipeline", help=f"train and export the ladder: {', '.join(LADDER)}",
+                            description=f"Train {', '.join(LADDER[:-1])} and {LADDER[-1]} in order, exporting each after "
                                         "training (as `export` does: SavedModel, ONNX, parity check, BentoML store); rungs "
                                         "already trained with the same options, and exports already of the model trained, "
                                         "are skipped.")

@@ -1,7 +1,6 @@
-"""Every hyperparameter, with each recipe's defaults in one table.
+"""Every hyperparameter, with its default; each recipe's own defaults are its entry in registry.py.
 
-The defaults follow the seed documents (Deep Learning with Python, ch. 8, and its MNIST convnet);
-the CLI overrides any of them, and the manifest records the values a model was trained with.
+The CLI overrides any of them, and the manifest records the values a model was trained with.
 """
 
 from __future__ import annotations
@@ -10,11 +9,11 @@ import dataclasses
 from dataclasses import dataclass
 
 from .errors import UserError
+from .registry import RECIPES
 
-RECIPES = ("scratch", "augmented", "transfer", "finetune", "mnist", "basenet")
-LADDER = ("scratch", "augmented", "transfer", "finetune")
+LADDER = tuple(name for name, entry in RECIPES.items() if entry.ladder)
 # The model name each ladder rung is saved under (the service serves these by default).
-LADDER_NAMES = {"scratch": "scratch", "augmented": "augmented", "transfer": "transfer", "finetune": "finetuned"}
+LADDER_NAMES = {name: RECIPES[name].model_name for name in LADDER}
 TRANSFER_MODES = ("augmented", "features")
 
 
@@ -49,27 +48,13 @@ class Hyperparameters:
         return values
 
 
-# Per recipe, what differs from the dataclass defaults above.
-RECIPE_DEFAULTS: dict[str, dict] = {
-    "scratch": {},
-    "augmented": {"epochs": 100, "augment": True, "dropout": 0.5},
-    # The book: 50 epochs end-to-end with augmentation, 20 with fast feature extraction (see resolve()).
-    # 224x224, not the book's 180: the ImageNet weights of MobileNetV2 were trained at 224, and on cats
-    # vs dogs feature extraction reaches 96.2% at 224 against 94.2% at 180 (docs/results.md).
-    "transfer": {"image_size": (224, 224), "epochs": 50, "augment": True, "dropout": 0.5},
-    "finetune": {"epochs": 30, "learning_rate": 1e-5, "augment": True, "dropout": 0.5},
-    "mnist": {"image_size": (28, 28), "color_mode": "grayscale", "batch_size": 64, "epochs": 5, "validation_split": 0.1},
-    "basenet": {"image_size": (32, 32), "epochs": 20, "optimizer": "adam"},
-}
-
-
 def resolve(recipe: str, **overrides) -> Hyperparameters:
     """The recipe's defaults, with the options the user gave (None means "not given")."""
-    values = dict(RECIPE_DEFAULTS[recipe])
+    entry = RECIPES[recipe]
+    values = dict(entry.defaults)
     given = {k: v for k, v in overrides.items() if v is not None}
-    if recipe == "transfer" and given.get("transfer_mode") == "features":
-        # Fast feature extraction sees each image once, unaugmented: no augmentation, fewer epochs.
-        values.update(epochs=20, augment=False)
+    if entry.features is not None and given.get("transfer_mode") == "features":
+        values.update(entry.features)
     values.update(given)
     _check_ranges(values)
     return Hyperparameters(**values)

@@ -126,6 +126,11 @@ def holdout(labels, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]
 NO_VALIDATION = "none: every training image is trained on, the last epoch is kept"
 
 
+def held_out(fraction: float, seed: int) -> str:
+    """How a validation split held out of train by `holdout` is recorded (the manifest's validation_source)."""
+    return f"{fraction:g} of train, stratified, seed {seed}"
+
+
 def check_validation_split(fraction: float, why: str) -> None:
     """0 means no validation split (train on everything, keep the last epoch, as the seed's MNIST run does)."""
     if not 0 <= fraction < 1:
@@ -177,7 +182,7 @@ def scan_image_folder(root: str | Path, *, validation_split: float = 0.2, seed: 
         if validation_split:
             keep, held = holdout(splits["train"].labels, validation_split, seed)
             splits["train"], splits["validation"] = splits["train"].subset(keep), splits["train"].subset(held)
-            validation_source = f"{validation_split:g} of train, stratified, seed {seed}"
+            validation_source = held_out(validation_split, seed)
     return ImageFolder(root, classes, splits, validation_source, skipped)
 
 
@@ -313,31 +318,39 @@ class Datasets:
 
 
 def load_datasets(data: str | Path | None, hp, *, mnist: bool, cache_dir: Path) -> Datasets:
-    """Scan and load the data of a run (`hp`: the run's Hyperparameters)."""
-    common = {"batch_size": hp.batch_size, "seed": hp.seed}
-    if mnist:
-        if tuple(hp.image_size) != (28, 28) or hp.color_mode != "grayscale":
-            raise UserError("the mnist recipe takes 28x28 grayscale images: leave --image-size and --color-mode unset")
-        check_validation_split(hp.validation_split, "MNIST has no validation split")
-        arrays = load_mnist(data)
-        x, y = arrays["train"]
-        if hp.validation_split:
-            keep, held = holdout(y, hp.validation_split, hp.seed)
-            source = f"{hp.validation_split:g} of train, stratified, seed {hp.seed}"
-        else:
-            keep, held, source = np.arange(len(y)), np.arange(0), NO_VALIDATION
-        classes = [str(digit) for digit in range(10)]
-        make = lambda images, labels, shuffle=False: array_dataset(images, labels, num_classes=10, shuffle=shuffle, **common)  # noqa: E731
-        sizes = {"train": len(keep), "validation": len(held), "test": len(arrays["test"][0])}
-        return Datasets(
-            classes,
-            make(x[keep], y[keep], shuffle=True),
-            make(x[held], y[held]) if len(held) else None,
-            make(*arrays["test"]),
-            {"kind": "mnist", "path": str(Path(data).resolve()) if data else "keras.datasets.mnist", "sizes": sizes,
-             "validation_source": source, "skipped_files": 0},
-        )
+    """Scan and load the data of a run (`hp`: the run's Hyperparameters): MNIST's arrays, or an image folder."""
+    return mnist_datasets(data, hp) if mnist else folder_datasets(data, hp, cache_dir=cache_dir)
 
+
+def mnist_datasets(data: str | Path | None, hp) -> Datasets:
+    """MNIST (`data`: an .npz, or None for keras.datasets.mnist), with `hp.validation_split` of train held out."""
+    if tuple(hp.image_size) != (28, 28) or hp.color_mode != "grayscale":
+        raise UserError("the mnist recipe takes 28x28 grayscale images: leave --image-size and --color-mode unset")
+    check_validation_split(hp.validation_split, "MNIST has no validation split")
+    arrays = load_mnist(data)
+    x, y = arrays["train"]
+    if hp.validation_split:
+        keep, held = holdout(y, hp.validation_split, hp.seed)
+        source = held_out(hp.validation_split, hp.seed)
+    else:
+        keep, held, source = np.arange(len(y)), np.arange(0), NO_VALIDATION
+
+    def make(images, labels, shuffle=False):
+        return array_dataset(images, labels, num_classes=10, shuffle=shuffle, batch_size=hp.batch_size, seed=hp.seed)
+
+    sizes = {"train": len(keep), "validation": len(held), "test": len(arrays["test"][0])}
+    return Datasets(
+        [str(digit) for digit in range(10)],
+        make(x[keep], y[keep], shuffle=True),
+        make(x[held], y[held]) if len(held) else None,
+        make(*arrays["test"]),
+        {"kind": "mnist", "path": str(Path(data).resolve()) if data else "keras.datasets.mnist", "sizes": sizes,
+         "validation_source": source, "skipped_files": 0},
+    )
+
+
+def folder_datasets(data: str | Path | None, hp, *, cache_dir: Path) -> Datasets:
+    """An image folder's splits, decoded images cached in memory, or under `cache_dir` when they do not fit."""
     if data is None:
         raise UserError("give the data folder with --data DIR (or use --demo)")
     folder = scan_image_folder(data, validation_split=hp.validation_split, seed=hp.seed)
@@ -348,7 +361,8 @@ def load_datasets(data: str | Path | None, hp, *, mnist: bool, cache_dir: Path) 
     def make(split_name: str, shuffle: bool = False):
         split_cache = None if split_name == "test" else (cache and str(Path(cache) / split_name))
         return folder_dataset(folder.splits[split_name], image_size=hp.image_size, channels=channels,
-                              num_classes=len(folder.classes), shuffle=shuffle, cache=split_cache, **common)
+                              num_classes=len(folder.classes), shuffle=shuffle, cache=split_cache,
+                              batch_size=hp.batch_size, seed=hp.seed)
 
     return Datasets(
         folder.classes,

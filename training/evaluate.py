@@ -1,8 +1,15 @@
-"""Test-set evaluation: accuracy, loss, per-class precision/recall/F1 and the confusion matrix."""
+"""Test-set evaluation: accuracy, loss, per-class precision/recall/F1 and the confusion matrix,
+written to a model folder's evaluation.json and confusion_matrix.png."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+from . import plots
+from .errors import UserError
+from .manifest import write_json
 
 
 def as_class_probabilities(outputs: np.ndarray) -> np.ndarray:
@@ -45,3 +52,16 @@ def report(probabilities: np.ndarray, labels: np.ndarray, classes: list[str]) ->
         # rows: true class, columns: predicted class
         "confusion_matrix": confusion.tolist(),
     }
+
+
+def write_evaluation(model_dir: Path, core, ds, name: str) -> dict:
+    """Evaluate on the test split (validation when there is none); write the JSON and the picture."""
+    split, dataset = ("test", ds.test) if ds.test is not None else ("validation", ds.validation)
+    if dataset is None:
+        raise UserError("the data has no test split and the run no validation split: there is nothing to evaluate on")
+    probabilities, labels = predict(core, dataset)
+    result = {"evaluated_on": split, **report(probabilities, labels, ds.classes)}
+    write_json(model_dir / "evaluation.json", result)
+    plots.plot_confusion(result["confusion_matrix"], ds.classes, model_dir / "confusion_matrix.png",
+                         f"{name}: {split} accuracy {result['accuracy']:.1%}")
+    return result

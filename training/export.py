@@ -34,10 +34,9 @@ from service.package import sha256
 from .data import load_datasets
 from .errors import UserError
 from .gradcam import GradCamWeights, feature_map_centres, gradient_tape_weights, head_layers
-from .manifest import KERAS_FILE, MANIFEST, library_versions, now, read_manifest, write_json
+from .manifest import KERAS_FILE, MANIFEST, library_versions, load_keras_model, now, read_manifest, write_json
 from .recipes import FEATURE_MAP, core_of
 from .reevaluate import dataset_of, hyperparameters_of
-from .train import load_keras_model
 
 # Opset 17 runs on every ONNX Runtime of the last years (>= 1.12) and holds every op these models use.
 OPSET = 17

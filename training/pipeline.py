@@ -12,8 +12,10 @@ from pathlib import Path
 
 from .config import LADDER, LADDER_NAMES, resolve
 from .export import export_if_changed
-from .manifest import read_manifest
-from .train import run_record, summary_line, train, trained_with
+from .manifest import read_manifest, summary_line
+from .registry import RECIPES
+from .runs import run_record, trained_with
+from .train import train
 
 
 def run_pipeline(data, *, models_dir: str | Path = "models", prefix: str = "", overwrite: bool = False,
@@ -28,7 +30,8 @@ def run_pipeline(data, *, models_dir: str | Path = "models", prefix: str = "", o
     for recipe in LADDER:
         name = prefix + LADDER_NAMES[recipe]
         out = models_dir / name
-        source = models_dir / (prefix + LADDER_NAMES["transfer"]) if recipe == "finetune" else None
+        starts_from = RECIPES[recipe].starts_from
+        source = models_dir / (prefix + LADDER_NAMES[starts_from]) if starts_from else None
         hp = resolve(recipe, **{**overrides, **(per_recipe or {}).get(recipe, {})})
         if not overwrite and trained_with(out, run_record(recipe, hp, data, source)):
             print(f"{name}: already trained with these options in {out}, skipping it (--overwrite trains it again)")

@@ -153,8 +153,8 @@ def feature_extractor(core: keras.Model) -> keras.Model:
 
 # How many of a base's last layers fine-tuning unfreezes by default. The book's 4 is VGG16's block 5
 # (three convolutions and a pooling: 7 million weights). MobileNetV2's last 4 layers hold a single
-# 1x1 convolution; on cats vs dogs fine-tuning all of it (BatchNormalization still frozen, learning
-# rate 1e-5) reaches 97.0% against 96.4% with 4 (docs/results.md).
+# 1x1 convolution; fine-tuning all of it (BatchNormalization still frozen) does better on cats vs
+# dogs (the runs and their figures: docs/results.md, "Fine-tuning: the whole base").
 UNFREEZE_DEFAULTS = {"vgg16": 4, "resnet50": 4, "mobilenet_v2": None}  # None: every layer
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 from .config import Hyperparameters
 from .data import load_datasets
 from .errors import UserError
-from .manifest import MANIFEST, read_manifest, write_json
+from .evaluate import write_evaluation
+from .manifest import MANIFEST, load_keras_model, read_manifest, summary_line, write_json
 from .recipes import core_of
-from .train import load_keras_model, summary_line, write_evaluation
 
 
 def hyperparameters_of(manifest: dict) -> Hyperparameters:

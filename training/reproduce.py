@@ -18,7 +18,8 @@ from .export import export_if_changed
 from .ladder import BY_NAME, FINETUNE_FROM, RUNGS, Rung
 from .manifest import MANIFEST
 from .pipeline import print_summary
-from .train import run_record, train, trained_with
+from .runs import run_record, trained_with
+from .train import train
 
 
 def reproduce(*, data: str, mnist: str | None, base_weights: str, models_dir: str | Path = "models",

@@ -3,59 +3,30 @@
 The run reads like the lesson it follows: load the data, build the model, compile, fit with
 callbacks (best checkpoint by validation loss, per-epoch log, backup for resuming), evaluate the
 best model on the test split, plot, and write the manifest. An interrupted run resumes from its
-last completed epoch when started again with the same options.
+last completed epoch when started again with the same options (runs.py); what a recipe builds is
+its entry in registry.py.
 """
 
 from __future__ import annotations
 
-import csv
-import dataclasses
-import json
 import math
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from . import evaluate, plots
-from .bases import build_base
+from . import plots
 from .config import Hyperparameters
 from .data import Datasets, load_datasets
 from .errors import UserError
-from .manifest import FORMAT_VERSION, KERAS_FILE, MANIFEST, input_record, library_versions, now, read_manifest, write_json
-from .recipes import (
-    FEATURE_MAP,
-    assemble,
-    build_basenet,
-    build_mnist,
-    build_scratch,
-    build_transfer,
-    compile_model,
-    core_of,
-    default_unfreeze,
-    feature_extractor,
-    head_on_features,
-    unfreeze_top,
-)
-
-LOG_FILE = "training_log.csv"
-BACKUP_DIR = "backup"
-CACHE_DIR = "cache"
-HEAD_WEIGHTS = "head.weights.h5"
-RUN_FILE = "run.json"
-
-
-@dataclass
-class Built:
-    """What a recipe builds: the inference core, how it preprocesses, and its pretrained base."""
-
-    core: keras.Model
-    preprocessing: str
-    base: dict | None = None
+from .evaluate import write_evaluation
+from .manifest import KERAS_FILE, MANIFEST, load_keras_model, training_manifest, write_json
+from .recipes import FEATURE_MAP, assemble, compile_model, core_of, feature_extractor, head_on_features
+from .registry import Start, recipe_named, with_source_base
+from .runs import BACKUP_DIR, CACHE_DIR, HEAD_WEIGHTS, LOG_FILE, prepare_output, read_log, run_record
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -72,24 +43,6 @@ class EpochTimer(keras.callbacks.Callback):
 def _verbosity() -> int:
     # Progress bars on a terminal; one line per epoch in a log file.
     return 1 if sys.stdout.isatty() else 2
-
-
-def read_log(out: Path) -> dict[str, list[float]]:
-    """The per-epoch log as columns; a repeated epoch (interrupted write) keeps its last row."""
-    path = out / LOG_FILE
-    if not path.is_file():
-        return {}
-    rows: dict[int, dict[str, str]] = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            rows[int(row["epoch"])] = row
-    columns: dict[str, list[float]] = {}
-    for epoch in sorted(rows):
-        for key, value in rows[epoch].items():
-            # CSVLogger writes NA for the val_ columns of a run without validation
-            if key != "epoch" and value not in ("", "NA", None):
-                columns.setdefault(key, []).append(float(value))
-    return columns
 
 
 def _callbacks(out: Path, checkpoint: Path, hp: Hyperparameters, *, validated: bool, weights_only: bool = False) -> list:
@@ -115,129 +68,6 @@ def _callbacks(out: Path, checkpoint: Path, hp: Hyperparameters, *, validated: b
         callbacks.append(keras.callbacks.LearningRateScheduler(
             lambda epoch: hp.learning_rate * 0.5 * (1 + math.cos(math.pi * epoch / hp.epochs))))
     return callbacks
-
-
-def run_record(recipe: str, hp: Hyperparameters, data, source) -> dict:
-    """What identifies a run: a folder holding the same record holds the same training."""
-    resolved = {key: str(Path(value).resolve()) if value else None for key, value in (("data", data), ("source", source))}
-    return {"recipe": recipe, **resolved, "hyperparameters": hp.as_dict()}
-
-
-# Hyperparameters that only some recipes use; the others do not tell two runs apart.
-ONLY_FOR = {"base": ("transfer",), "alpha": ("transfer",), "base_weights": ("transfer",),
-            "transfer_mode": ("transfer",), "unfreeze": ("finetune",)}
-
-
-def _same_run(previous: dict | None, run: dict) -> bool:
-    """Whether a stored run record is `run`, on what the run's recipe uses. A hyperparameter the
-    record lacks (added to the code after that run) counts as its default, how that run trained."""
-    if previous is None or any(previous.get(k) != run[k] for k in ("recipe", "data", "source")):
-        return False
-    defaults, stored = Hyperparameters().as_dict(), previous.get("hyperparameters", {})
-    return all(stored.get(key, defaults[key]) == value for key, value in run["hyperparameters"].items()
-               if run["recipe"] in ONLY_FOR.get(key, (run["recipe"],)))
-
-
-def _stored_run(out: Path) -> dict | None:
-    """The run record kept in `out`, or None when there is none."""
-    path = out / RUN_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def trained_with(out: Path, run: dict) -> bool:
-    """True when `out` holds a finished run of `run`; a finished run of other options is an error."""
-    if not (out / MANIFEST).is_file():
-        return False
-    previous = _stored_run(out)
-    if not _same_run(previous, run):
-        raise UserError(f"{out} holds a model trained with other options; pass --overwrite to train it again")
-    return True
-
-
-def _prepare_output(out: Path, run: dict, overwrite: bool) -> bool:
-    """Make `out` ready for this run; True when it resumes an interrupted run there."""
-    if (out / MANIFEST).is_file():
-        if not overwrite:
-            raise UserError(f"{out} already holds a trained model; pass --overwrite to train it again")
-        shutil.rmtree(out)
-    elif (out / BACKUP_DIR).is_dir():
-        previous = _stored_run(out)
-        if _same_run(previous, run):
-            return True
-        if not overwrite:
-            raise UserError(
-                f"{out} holds an interrupted run with other options; give the same options to resume it, "
-                "or pass --overwrite to start again"
-            )
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in (LOG_FILE, KERAS_FILE, HEAD_WEIGHTS):
-        (out / stale).unlink(missing_ok=True)
-    shutil.rmtree(out / CACHE_DIR, ignore_errors=True)
-    write_json(out / RUN_FILE, run)
-    return False
-
-
-def _source_model(source: Path, classes: list[str], hp: Hyperparameters) -> tuple[keras.Model, dict]:
-    """The trained transfer model that fine-tuning starts from, checked against this run."""
-    manifest = read_manifest(source)
-    if manifest.get("base") is None:
-        raise UserError(f"{source} has no pretrained base to fine-tune (recipe {manifest.get('recipe')}); train the transfer recipe first")
-    if manifest["classes"] != classes:
-        raise UserError(f"{source} was trained on classes {manifest['classes']}, but this data has {classes}")
-    shape = [manifest["input"][k] for k in ("height", "width", "channels")]
-    if shape != list(hp.input_shape):
-        raise UserError(f"{source} takes {shape[0]}x{shape[1]}x{shape[2]} images, not {'x'.join(map(str, hp.input_shape))}: leave --image-size unset")
-    return load_keras_model(source), manifest
-
-
-def _with_source_base(hp: Hyperparameters, source: Path) -> Hyperparameters:
-    """Fine-tuning keeps the source model's base: record its architecture and alpha, not the options'."""
-    base = read_manifest(source).get("base")
-    if base is None:
-        return hp  # _source_model says why this cannot be fine-tuned
-    return dataclasses.replace(hp, base=base["architecture"], alpha=hp.alpha if base.get("alpha") is None else base["alpha"])
-
-
-def load_keras_model(model_dir: Path) -> keras.Model:
-    path = Path(model_dir) / KERAS_FILE
-    if not path.is_file():
-        raise UserError(f"{model_dir} has no {KERAS_FILE}: train the model first")
-    try:
-        return keras.models.load_model(path)
-    except Exception as err:  # keras reports a damaged file as many exception types
-        raise UserError(f"{path} cannot be loaded ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'damaged file'})") from None
-
-
-def build(recipe: str, hp: Hyperparameters, classes: list[str], *, source: Path | None, fallback_to_random: bool) -> Built:
-    """The recipe's inference core (see recipes.py), unfrozen as the recipe wants."""
-    k = len(classes)
-    rescale = "Rescaling(1/255)"
-    if recipe in ("scratch", "augmented"):
-        return Built(build_scratch(hp.input_shape, k, dropout=hp.dropout), rescale)
-    if recipe == "mnist":
-        return Built(build_mnist(hp.input_shape, k), rescale)
-    if recipe == "basenet":
-        return Built(build_basenet(hp.input_shape, k), rescale)
-    preprocessing = f"{hp.base}.preprocess_input"
-    if recipe == "transfer":
-        if hp.color_mode != "rgb":
-            raise UserError("pretrained bases take RGB images: leave --color-mode unset")
-        base, weights = build_base(hp.base, hp.input_shape, hp.base_weights, alpha=hp.alpha, fallback_to_random=fallback_to_random)
-        record = {"architecture": hp.base, "alpha": hp.alpha if hp.base == "mobilenet_v2" else None,
-                  "weights": weights.weights, "weights_source": weights.source, "unfrozen_layers": 0,
-                  "layers": len(base.layers), "parameters": base.count_params()}
-        return Built(build_transfer(hp.input_shape, k, base, hp.base, dropout=hp.dropout), preprocessing, record)
-    if recipe == "finetune":
-        if source is None:
-            raise UserError("fine-tuning starts from a trained transfer model: pass --from models/<name>")
-        model, manifest = _source_model(source, classes, hp)
-        core = core_of(model)
-        count = hp.unfreeze if hp.unfreeze is not None else default_unfreeze(core, manifest["base"]["architecture"])
-        unfrozen = unfreeze_top(core, count)
-        record = {**manifest["base"], "unfrozen_layers": count, "unfrozen": unfrozen, "from_model": manifest["name"]}
-        return Built(core, f"{manifest['base']['architecture']}.preprocess_input", record)
-    raise UserError(f"unknown recipe {recipe!r}")
 
 
 def _extract_features(extractor: keras.Model, dataset, label: str) -> tuple[np.ndarray, np.ndarray]:
@@ -292,38 +122,26 @@ def _parameters(model: keras.Model) -> dict[str, int]:
     return {"total": int(total), "trainable": trainable, "non_trainable": int(total - trainable)}
 
 
-def write_evaluation(model_dir: Path, core: keras.Model, ds: Datasets, name: str) -> dict:
-    """Evaluate on the test split (validation when there is none); write the JSON and the picture."""
-    split, dataset = ("test", ds.test) if ds.test is not None else ("validation", ds.validation)
-    if dataset is None:
-        raise UserError("the data has no test split and the run no validation split: there is nothing to evaluate on")
-    probabilities, labels = evaluate.predict(core, dataset)
-    result = {"evaluated_on": split, **evaluate.report(probabilities, labels, ds.classes)}
-    write_json(model_dir / "evaluation.json", result)
-    plots.plot_confusion(result["confusion_matrix"], ds.classes, model_dir / "confusion_matrix.png",
-                         f"{name}: {split} accuracy {result['accuracy']:.1%}")
-    return result
-
-
 def train(recipe: str, hp: Hyperparameters, *, data: str | Path | None, name: str, models_dir: str | Path = "models",
           source: str | Path | None = None, overwrite: bool = False, fallback_to_random: bool = False) -> dict:
     """Train one recipe into `models_dir/name`; return its manifest."""
+    entry = recipe_named(recipe)
     out = Path(models_dir) / name
-    if recipe == "finetune" and source is not None:
-        hp = _with_source_base(hp, Path(source))
+    if entry.starts_from and source is not None:
+        hp = with_source_base(hp, Path(source))
     run = run_record(recipe, hp, data, source)
-    resumed = _prepare_output(out, run, overwrite)
+    resumed = prepare_output(out, run, overwrite)
     keras.utils.set_random_seed(hp.seed)
 
-    ds = load_datasets(data, hp, mnist=recipe == "mnist", cache_dir=out / CACHE_DIR)
+    ds = load_datasets(data, hp, mnist=entry.data == "mnist", cache_dir=out / CACHE_DIR)
     sizes = ds.info["sizes"]
     print(f"{name}: {recipe} recipe on {ds.info['path']}: {sizes['train']} training, {sizes['validation']} validation, "
           f"{sizes.get('test', 0)} test images; classes {', '.join(ds.classes)}" + (" (resuming)" if resumed else ""))
-    built = build(recipe, hp, ds.classes, source=Path(source) if source else None, fallback_to_random=fallback_to_random)
+    built = entry.build(hp, ds.classes, Start(Path(source) if source else None, fallback_to_random))
     core = built.core
 
     extraction_seconds = 0.0
-    if recipe == "transfer" and hp.transfer_mode == "features":
+    if entry.on_features(hp):
         extraction_seconds = fit_on_features(core, ds, hp, out)
         model = assemble(core, augment=False, seed=hp.seed, name=name)
         model.save(out / KERAS_FILE)
@@ -346,37 +164,15 @@ def train(recipe: str, hp: Hyperparameters, *, data: str | Path | None, name: st
     plots.plot_curves(history, out / "curves.png", name if name == recipe else f"{name} ({recipe})", best_epoch)
     result = write_evaluation(out, best_core, ds, name)
 
-    features_dim = int(best_core.get_layer(FEATURE_MAP).output.shape[-1])
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "name": name,
-        "recipe": recipe,
-        "created_at": now(),
-        "classes": ds.classes,
-        "input": input_record(hp, built.preprocessing),
-        "outputs": {
-            "probabilities": {"shape": [None, len(ds.classes)]},
-            "features": {"shape": [None, features_dim], "layer": FEATURE_MAP, "pooling": "global_average"},
-        },
-        "head": {"activation": "sigmoid" if len(ds.classes) == 2 else "softmax", "units": int(best_core.output.shape[-1])},
-        "base": built.base,
-        "dataset": ds.info,
-        "hyperparameters": hp.as_dict(),
-        "training": {"epochs_run": len(history.get("loss", [])), "best_epoch": best_epoch, "seconds": round(seconds, 1),
-                     "resumed": resumed},
-        "parameters": parameters,
-        "metrics": {"test_accuracy": result["accuracy"], "test_loss": result["loss"], "evaluated_on": result["evaluated_on"]},
-        "versions": library_versions("tensorflow", "keras", "numpy"),
-        "files": {"keras": KERAS_FILE},
-    }
+    manifest = training_manifest(
+        name=name, recipe=recipe, hp=hp, classes=ds.classes, preprocessing=built.preprocessing,
+        feature_map=FEATURE_MAP, features_dim=int(best_core.get_layer(FEATURE_MAP).output.shape[-1]),
+        units=int(best_core.output.shape[-1]), base=built.base, dataset=ds.info, parameters=parameters, evaluation=result,
+        training={"epochs_run": len(history.get("loss", [])), "best_epoch": best_epoch, "seconds": round(seconds, 1),
+                  "resumed": resumed},
+    )
     write_json(out / MANIFEST, manifest)
     for leftover in (BACKUP_DIR, CACHE_DIR):
         shutil.rmtree(out / leftover, ignore_errors=True)
     (out / HEAD_WEIGHTS).unlink(missing_ok=True)
     return manifest
-
-
-def summary_line(manifest: dict) -> str:
-    m, t, p = manifest["metrics"], manifest["training"], manifest["parameters"]
-    return (f"{manifest['name']:<12} {m['evaluated_on']} accuracy {m['test_accuracy']:6.1%}  loss {m['test_loss']:.3f}  "
-            f"{t['epochs_run']:>3} epochs {t['seconds']:>7.1f} s  {p['total']:>10,} parameters ({p['trainable']:,} trainable)")

@@ -27,9 +27,8 @@ from PIL import Image, ImageOps
 from ..data import _inspect_image, load_image
 from ..errors import UserError
 from ..evaluate import as_class_probabilities
-from ..manifest import KERAS_FILE, now, read_manifest
+from ..manifest import KERAS_FILE, load_keras_model, now, read_manifest
 from ..recipes import FEATURE_MAP, core_of
-from ..train import load_keras_model
 from .activations import write_activation_grids
 from .heatmaps import write_gradcam_figure
 from .layers import LayerRef, activation_layers, pattern_layers
