@@ -62,6 +62,7 @@ def test_pipeline_help_says_it_exports_each_rung():
     assert "--no-export" in result.stdout and "--no-register" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_missing_data_folder_is_one_line_without_traceback(tmp_path):
     result = run_cli("train", "scratch", "--data", str(tmp_path / "nope"), "--models-dir", str(tmp_path / "m"))
     assert result.returncode == 2
@@ -88,7 +89,9 @@ def test_a_missing_data_folder_is_one_line_without_traceback(tmp_path):
          "text.weights.h5 is not a weights file Keras can read"),
         (["train", "transfer", "--data", "{data}", "--base-weights", "{tmp}/text.keras", "--image-size", "48"],
          "text.keras is not a Keras model file Keras can read"),
-        (["export", "{unsplit_model}", "--data", "{train_only}", "--no-register"], "has no test/ or validation/ folder"),
+        # the tiny models of every recipe (the session's trained_models): the full tier only
+        pytest.param(["export", "{unsplit_model}", "--data", "{train_only}", "--no-register"], "has no test/ or validation/ folder",
+                     marks=pytest.mark.slow),
     ],
 )
 def test_user_mistakes_are_one_error_line(tmp_path, capfd, offline, request, binary_data, mnist_npz, args, message):

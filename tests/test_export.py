@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 
 from training.errors import UserError
@@ -23,7 +24,15 @@ def test_export_records_parity_files_and_shapes(exported_models, trained_models,
     assert manifest == read_manifest(trained_models[name])
     export = manifest["export"]
     parity = export["parity"]
-    assert parity["max_abs_diff_probabilities"] <= 1e-4 and parity["top1_agreement"] == 1.0
+    # The fixture's export already refused a difference over the tolerance: check instead that the
+    # figures recorded are the ones ONNX Runtime and Keras give here, measured apart from export.py.
+    inputs, _ = parity_inputs(trained_models[name], manifest, None)
+    expected = np.asarray(inference_model(load_keras_model(trained_models[name]))(inputs, training=False)["probabilities"])
+    session = onnxruntime.InferenceSession(str(trained_models[name] / "model.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = session.run(["probabilities"], {"image": inputs})
+    measured = float(np.abs(got - expected).max())
+    assert parity["max_abs_diff_probabilities"] == pytest.approx(measured, rel=0.5, abs=1e-7) and measured <= 1e-4
+    assert parity["top1_agreement"] == float((got.argmax(1) == expected.argmax(1)).mean()) == 1.0
     assert parity["images"] == min(32, manifest["dataset"]["sizes"]["test"]) and parity["random_inputs"] == 8
     h, w, c = (manifest["input"][k] for k in ("height", "width", "channels"))
     k, d = len(manifest["classes"]), manifest["outputs"]["features"]["shape"][1]

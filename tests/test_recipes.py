@@ -139,6 +139,7 @@ def test_imagenet_offline_falls_back_to_random_when_allowed(offline, capsys):
     assert out.count("note:") == 1 and "random weights" in out
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Skipping nested container")
 def test_weights_from_a_file(tmp_path):
     base, _ = build_base("mobilenet_v2", (48, 48, 3), "none", alpha=0.35)
@@ -167,6 +168,7 @@ def _pretrained(tmp_path, *, nested: bool):
     return base, path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("nested", [False, True])
 def test_a_keras_model_file_of_ones_own_pretraining_gives_the_base_its_weights(tmp_path, nested):
     pretrained, path = _pretrained(tmp_path, nested=nested)
@@ -193,6 +195,7 @@ def test_a_keras_model_file_without_the_base_is_one_clear_error(tmp_path):
         build_base("mobilenet_v2", (48, 48, 3), str(tmp_path / "broken.keras"))
 
 
+@pytest.mark.slow
 def test_the_manifest_records_a_base_of_ones_own_pretraining_as_its_source(tmp_path, binary_data):
     from training.config import resolve
     from training.train import train

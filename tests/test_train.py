@@ -97,6 +97,7 @@ class _Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_from_its_last_epoch(tmp_path, multiclass_data, monkeypatch):
     hp = resolve("basenet", epochs=3)
     original = train_module._callbacks
@@ -113,6 +114,7 @@ def test_an_interrupted_run_resumes_from_its_last_epoch(tmp_path, multiclass_dat
     assert [row.split(",")[0] for row in log[1:]] == ["0", "1", "2"]
 
 
+@pytest.mark.slow
 def test_a_run_is_reproducible_from_its_seed(tmp_path, multiclass_data):
     histories = []
     for name in ("a", "b"):
@@ -172,6 +174,7 @@ def test_finetune_records_the_base_it_fine_tunes(trained_models, binary_data, tm
     assert manifest["base"]["alpha"] == manifest["hyperparameters"]["alpha"] == 0.35
 
 
+@pytest.mark.slow
 def test_without_a_validation_split_every_image_trains_and_the_last_epoch_is_kept(tmp_path, multiclass_data):
     import shutil
 
@@ -194,6 +197,7 @@ def test_an_unknown_recipe_is_refused_before_its_folder_is_made(tmp_path):
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow
 def test_a_recipe_is_its_model_function_and_one_registry_entry(tmp_path, multiclass_data, monkeypatch):
     from training.registry import RECIPES, Recipe, convnet
 
