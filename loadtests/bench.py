@@ -37,14 +37,14 @@ from service import imaging, registry, settings
 from service.registry import ModelError, ModelPackage
 from service.settings import SettingsError
 
-from . import components, images, loadgen, machine, peer, protocols, report, v2, verdicts
+from . import command, components, images, loadgen, machine, peer, protocols, report, v2, verdicts
 from .servers import REPO, SERVICE, Server, metric_value, serve_env
 
 FLOOR = "loadtests.floor_service:Floor"
 STAGES = ("engine", "decode", "floor", "service", "v2", "naive")
 
 
-class BenchError(Exception):
+class BenchError(command.CommandError):
     """A user mistake or an unusable setup; the message is one line."""
 
 
@@ -72,15 +72,8 @@ class Plan:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.bench", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.split("\n")[2:]))
-    default_model = settings.VARIABLES["SERVICE_DEFAULT_MODEL"][0]
-    parser.add_argument("--model", default=default_model,
-                        help=f"model in the BentoML store, NAME or NAME:VERSION (default: {default_model}, the service's default)")
-    parser.add_argument("--images", type=Path,
-                        help="folder of image files, searched recursively (default: 32 generated JPEGs, offline)")
-    parser.add_argument("--limit", type=int, default=64, help="use at most this many files, spread over the folder (default: 64)")
+    parser = command.parser("python -m loadtests.bench", __doc__,
+                            set_help="a service setting for the floor and the service (repeatable), e.g. SERVICE_MAX_BATCH_SIZE=16")
     parser.add_argument("--phone-photos", type=int, metavar="N",
                         help="make N 12-megapixel JPEGs by upscaling --images files (in --phone-dir) and send those instead")
     parser.add_argument("--phone-dir", type=Path,
@@ -97,8 +90,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-window", type=float, default=30.0, help="longest measurement window of a level, seconds (default: 30)")
     parser.add_argument("--max-images-in-flight", type=int, metavar="N",
                         help="leave out the levels where clients x images per request exceeds N (12 MP photos: the slowest)")
-    parser.add_argument("--set", action="append", default=[], metavar="SERVICE_X=VALUE",
-                        help="a service setting for the floor and the service (repeatable), e.g. SERVICE_MAX_BATCH_SIZE=16")
     parser.add_argument("--compare", action="append", default=[], metavar="SERVICE_X=VALUE,...",
                         help="measure the service again with these settings instead of --set's ('defaults': none), "
                              "side by side in the same run (repeatable)")
@@ -142,7 +133,7 @@ def prepare(args: argparse.Namespace) -> Plan:
             raise BenchError(problem)
         if "service" in args.skip:
             raise BenchError("--peer triton is measured against the service: do not --skip service")
-    given = [given_settings("--set", args.set)] + [given_settings("--compare", item.split(",")) for item in args.compare]
+    given = [command.given_settings("--set", args.set)] + [command.given_settings("--compare", item.split(",")) for item in args.compare]
     try:
         model = settings.load({"SERVICE_MODELS": args.model}).models[0]
         package = registry.open_package(model)
@@ -197,20 +188,6 @@ def prepare(args: argparse.Namespace) -> Plan:
     out = args.out or REPO / "reports" / f"bench-{model.name}-{label}-{stamp}"
     (out / "logs").mkdir(parents=True, exist_ok=True)
     return Plan(args, model, package, services, files, label, out, notes, cleanup)
-
-
-def given_settings(option: str, items: list[str]) -> dict[str, str]:
-    given = {}
-    for item in (item.strip() for item in items):
-        if item in ("", "defaults"):
-            continue
-        key, sep, value = item.partition("=")
-        if not sep or key not in settings.VARIABLES:
-            raise BenchError(f"{option} {item!r}: expected SERVICE_X=VALUE with one of {', '.join(settings.VARIABLES)}")
-        if key in ("SERVICE_MODELS", "SERVICE_DEFAULT_MODEL"):
-            raise BenchError(f"{option} {key}: the benchmark serves --model alone")
-        given[key] = value
-    return given
 
 
 def _service_setup(args: argparse.Namespace, model: settings.ModelRef, given: dict[str, str], largest_body: int,
@@ -508,14 +485,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         plan = prepare(args)
-    except BenchError as err:
+    except command.CommandError as err:
         raise SystemExit(f"error: {err}") from None
     try:
         _progress(f"model {plan.package.name}:{plan.package.version}, {len(plan.files)} files ({plan.images_label}), "
                   f"report in {plan.out}")
         results = run(plan)
         paths = report.write(results, plan.out)
-    except BenchError as err:
+    except command.CommandError as err:
         raise SystemExit(f"error: {err}") from None
     finally:
         for folder in plan.cleanup:

@@ -13,7 +13,7 @@ from typing import Callable
 from service import settings
 from service.settings import SettingsError
 
-from . import bench, images
+from . import images
 from .servers import serve_env
 
 VERDICTS = {True: "met", False: "MISSED", None: "reported"}
@@ -23,16 +23,31 @@ class CommandError(Exception):
     """A user mistake or an unusable setup; the message is one line."""
 
 
-def parser(prog: str, doc: str) -> argparse.ArgumentParser:
+def given_settings(option: str, items: list[str]) -> dict[str, str]:
+    """SERVICE_X=VALUE items (--set's, --compare's) as a dict; "defaults" or "" add nothing."""
+    given = {}
+    for item in (item.strip() for item in items):
+        if item in ("", "defaults"):
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or key not in settings.VARIABLES:
+            raise CommandError(f"{option} {item!r}: expected SERVICE_X=VALUE with one of {', '.join(settings.VARIABLES)}")
+        if key in ("SERVICE_MODELS", "SERVICE_DEFAULT_MODEL"):
+            raise CommandError(f"{option} {key}: the benchmark serves --model alone")
+        given[key] = value
+    return given
+
+
+def parser(prog: str, doc: str, set_help: str = "a service setting (repeatable)") -> argparse.ArgumentParser:
     """A parser with the module docstring as its help and --model, --images, --limit, --set."""
     made = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                    epilog="\n".join(doc.split("\n")[2:]))
     default_model = settings.VARIABLES["SERVICE_DEFAULT_MODEL"][0]
     made.add_argument("--model", default=default_model,
-                      help=f"model in the BentoML store, NAME or NAME:VERSION (default: {default_model})")
-    made.add_argument("--images", type=Path, help="folder of image files, searched recursively (default: 32 generated JPEGs)")
-    made.add_argument("--limit", type=int, default=64, help="use at most this many files (default: 64)")
-    made.add_argument("--set", action="append", default=[], metavar="SERVICE_X=VALUE", help="a service setting (repeatable)")
+                      help=f"model in the BentoML store, NAME or NAME:VERSION (default: {default_model}, the service's default)")
+    made.add_argument("--images", type=Path, help="folder of image files, searched recursively (default: 32 generated JPEGs, offline)")
+    made.add_argument("--limit", type=int, default=64, help="use at most this many files, spread over the folder (default: 64)")
+    made.add_argument("--set", action="append", default=[], metavar="SERVICE_X=VALUE", help=set_help)
     return made
 
 
@@ -48,10 +63,8 @@ class Setup:
 def setup(args: argparse.Namespace, defaults: dict[str, str] | None = None) -> Setup:
     """The service of --model with `defaults` and --set's settings, and the files of --images."""
     try:
-        given = {**(defaults or {}), **bench.given_settings("--set", args.set)}
+        given = {**(defaults or {}), **given_settings("--set", args.set)}
         config = settings.load({**given, "SERVICE_MODELS": args.model})
-    except bench.BenchError as err:
-        raise CommandError(str(err)) from None
     except SettingsError as err:
         raise CommandError(f"--set/--model: {err}") from None
     model = config.models[0]
