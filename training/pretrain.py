@@ -62,7 +62,8 @@ def pretrain_base(data: Path, out: Path, *, image_size: tuple[int, int], epochs:
                   batch_size: int = 32, learning_rate: float = 1e-3, seed: int = 1337) -> dict:
     """Train MobileNetV2 (alpha `alpha`, random weights) on the image folder `data`; save it to
     out/base.keras and return the record of out/pretraining.json (its "model" is the file's path)."""
-    classes = sorted(folder.name for folder in (Path(data) / "train").iterdir() if folder.is_dir())
+    train = Path(data) / "train"  # load_datasets says what is wrong with a folder without it
+    classes = sorted(folder.name for folder in train.iterdir() if folder.is_dir()) if train.is_dir() else []
     generated = Path(data) / GENERATED_FILE  # a folder generated again with other options holds other images
     options = {"data": str(Path(data).resolve()), "classes": classes,
                "generated": json.loads(generated.read_text()) if generated.is_file() else None,
