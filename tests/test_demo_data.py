@@ -4,7 +4,8 @@ import hashlib
 import numpy as np
 from PIL import Image
 
-from training.demo_data import generate_demo_dataset
+from training.demo_data import PRETRAINING_SHAPES, draw_shape, generate_demo_dataset
+from training.pretrain import pretraining_data
 
 
 def _digest(root):
@@ -46,3 +47,35 @@ def test_layout_sizes_and_annotations(tmp_path):
     centre = pixels[(y0 + y1) // 2, (x0 + x1) // 2]
     corner = pixels[1, 1]
     assert np.abs(centre - corner).sum() > 60
+
+
+def test_an_outlined_shape_is_the_border_of_the_filled_one():
+    filled, _ = draw_shape(np.random.default_rng(3), "pentagons", 80, 80, radius=(0.4, 0.45))
+    outlined, box = draw_shape(np.random.default_rng(3), "outlined-pentagons", 80, 80, radius=(0.4, 0.45))
+    filled, outlined = (np.asarray(img, dtype=np.float32) for img in (filled, outlined))
+    x0, y0, x1, y1 = box
+    centre = (y0 + y1) // 2, (x0 + x1) // 2
+    # the same background and colour drawn from the same seed: the filled shape's inside is the
+    # outlined one's background, its border the outline
+    assert np.abs(filled[1, 1] - outlined[1, 1]).sum() < 1
+    assert np.abs(filled[centre] - outlined[centre]).sum() > 60
+    assert np.abs(filled[centre[0], x0 + 2] - outlined[centre[0], x0 + 2]).sum() < 60
+
+
+def test_the_radius_option_sizes_the_shapes(tmp_path):
+    root = generate_demo_dataset(tmp_path / "r", classes=("circles",), per_class={"train": 5}, size_range=(60, 60),
+                                 radius=(0.4, 0.45))
+    with open(root / "annotations.csv") as f:
+        widths = [int(row["x1"]) - int(row["x0"]) for row in csv.DictReader(f)]
+    assert all(2 * 0.4 * 60 - 1 <= w <= 2 * 0.45 * 60 + 2 for w in widths)
+
+
+def test_the_pretraining_data_is_generated_again_only_for_other_options(tmp_path):
+    few = {"train": 1, "validation": 1}
+    folder = pretraining_data(tmp_path / "p", per_class=few, seed=7, size_range=(40, 40))
+    assert sorted(p.name for p in (folder / "train").iterdir()) == sorted(PRETRAINING_SHAPES)
+    first = (folder / "train" / "rings" / "ring.0000.jpg").stat().st_mtime_ns
+    pretraining_data(tmp_path / "p", per_class=few, seed=7, size_range=(40, 40))
+    assert (folder / "train" / "rings" / "ring.0000.jpg").stat().st_mtime_ns == first  # reused
+    pretraining_data(tmp_path / "p", per_class={"train": 2, "validation": 1}, seed=7, size_range=(40, 40))
+    assert len(list((folder / "train" / "rings").glob("*.jpg"))) == 2  # generated again

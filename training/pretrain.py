@@ -3,10 +3,10 @@
 A randomly initialised MobileNetV2 passes almost no signal (its pooled features are of the order of
 1e-10), so a frozen one gives the transfer rungs nothing to learn from. The demo therefore
 pretrains the base itself, on a second generated dataset of a different task (demo_data's
-PRETRAINING_SHAPES: rings, crosses, stars, pentagons, hexagons, half discs, ellipses), and the
-transfer rung starts from
-it through `--base-weights PATH` as any user's own pretraining would: the transfer learning of the
-lessons, with a source task made here instead of ImageNet.
+PRETRAINING_SHAPES: rings, crosses, stars, pentagons, hexagons, half discs, ellipses, and the last
+six as outlines), and the transfer rungs start from it through `--base-weights PATH` as any user's
+own pretraining would: the transfer learning of the lessons, with a source task made here instead
+of ImageNet.
 
 The pretraining model is the base with a softmax on its pooled features, trained end to end and
 saved whole as `base.keras` (the base is its layer "base"), with `pretraining.json` saying what it
@@ -33,16 +33,28 @@ from .train import CACHE_DIR, _verbosity
 
 MODEL_FILE = "base.keras"
 RECORD_FILE = "pretraining.json"
+# What a generated pretraining folder was generated with: other options generate it again.
+GENERATED_FILE = "generated.json"
 # What the transfer rung's base is frozen with: BatchNormalization runs on its moving statistics.
 # Keras' MobileNetV2 updates them with momentum 0.999, which after a few hundred steps still holds
 # most of their initial values (mean 0, variance 1); 0.9 follows the data within tens of steps.
 BATCH_NORM_MOMENTUM = 0.9
 
 
-def pretraining_data(directory: Path, *, per_class: dict[str, int], seed: int) -> Path:
-    if not (directory / "train").is_dir():
-        print(f"generating the pretraining dataset in {directory} ({', '.join(PRETRAINING_SHAPES)})")
-        generate_demo_dataset(directory, classes=PRETRAINING_SHAPES, per_class=per_class, seed=seed)
+def pretraining_data(directory: Path, *, per_class: dict[str, int], seed: int, size_range: tuple[int, int] = (112, 160),
+                     radius: tuple[float, float] = (0.2, 0.3)) -> Path:
+    """The pretraining dataset in `directory`, generated there unless it already holds these options' images."""
+    options = {"classes": list(PRETRAINING_SHAPES), "per_class": per_class, "seed": seed,
+               "size_range": list(size_range), "radius": list(radius)}
+    marker = directory / GENERATED_FILE
+    if marker.is_file() and json.loads(marker.read_text()) == options:
+        return directory
+    if directory.is_dir():
+        shutil.rmtree(directory)  # the demo's own folder, generated with other options
+    print(f"generating the pretraining dataset in {directory} ({', '.join(PRETRAINING_SHAPES)})")
+    generate_demo_dataset(directory, classes=PRETRAINING_SHAPES, per_class=per_class, size_range=size_range,
+                          radius=radius, seed=seed)
+    write_json(marker, options)
     return directory
 
 
@@ -50,7 +62,12 @@ def pretrain_base(data: Path, out: Path, *, image_size: tuple[int, int], epochs:
                   batch_size: int = 32, learning_rate: float = 1e-3, seed: int = 1337) -> dict:
     """Train MobileNetV2 (alpha `alpha`, random weights) on the image folder `data`; save it to
     out/base.keras and return the record of out/pretraining.json (its "model" is the file's path)."""
-    options = {"data": str(Path(data).resolve()), "architecture": "mobilenet_v2", "alpha": alpha,
+    train = Path(data) / "train"  # load_datasets says what is wrong with a folder without it
+    classes = sorted(folder.name for folder in train.iterdir() if folder.is_dir()) if train.is_dir() else []
+    generated = Path(data) / GENERATED_FILE  # a folder generated again with other options holds other images
+    options = {"data": str(Path(data).resolve()), "classes": classes,
+               "generated": json.loads(generated.read_text()) if generated.is_file() else None,
+               "architecture": "mobilenet_v2", "alpha": alpha,
                "image_size": list(image_size), "epochs": epochs, "batch_size": batch_size,
                "learning_rate": learning_rate, "optimizer": "adam", "lr_schedule": "cosine", "seed": seed}
     record_path = out / RECORD_FILE
@@ -93,8 +110,8 @@ def pretrain_base(data: Path, out: Path, *, image_size: tuple[int, int], epochs:
 
 def describe(record: dict) -> str:
     """One line: where the base came from and how well it learnt its own task."""
-    sizes = record["dataset"]["sizes"]
+    sizes, (height, width) = record["dataset"]["sizes"], record["options"]["image_size"]
     return (f"MobileNetV2 alpha {record['options']['alpha']:g} pretrained by the demo from random weights on "
-            f"{len(record['classes'])} other shapes ({', '.join(record['classes'])}; {sizes['train']} images, "
+            f"{len(record['classes'])} other shapes ({', '.join(record['classes'])}; {sizes['train']} images at {height}x{width}, "
             f"{record['epochs_run']} epochs, {record['seconds']:.0f} s, validation accuracy {record['validation_accuracy']:.1%}) "
             f"-> {record['model']}")
