@@ -27,14 +27,13 @@ IMAGE_SIZE = (96, 96)
 EPOCHS = {"scratch": 12, "augmented": 15, "transfer": 8, "finetune": 5}
 # Offline: the base the demo pretrains (models/demo-base/, beside the ladder), what it is trained on
 # and at what size. 64x64, not 96: 2.25 times fewer operations per image, so more epochs in the same
-# time, and shapes drawn large (their radius 27-45% of the picture, not 20-30%) are learnt in fewer
-# (the seven first shapes, 5 epochs at 64: 89% of the validation images when large, 62% when of the
-# demo's size).
+# time; and shapes drawn large (their radius 27-45% of the picture, not 20-30%) are learnt in fewer
+# epochs (the runs that chose this: docs/results.md, "The demo offline").
 BASE_DIR = "demo-base"
 PRETRAINING_DATA = {"per_class": {"train": 480, "validation": 50}, "size_range": (64, 80), "radius": (0.27, 0.45)}
 PRETRAINING = {"image_size": (64, 64), "epochs": 7, "batch_size": 64, "learning_rate": 3e-3}
 # The transfer rungs on a base of the demo's own run at its pretraining size, as ImageNet's do at 224
-# (a base pretrained at 64 gives 73% on the demo task at 64, 52% at 96). Its frozen features need
+# (at another size its features are much worse). Its frozen features need
 # many epochs of the head, cheap on features extracted once; fine-tuning needs a larger rate, and
 # Adam, than real weights do.
 OWN_BASE = {

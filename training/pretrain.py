@@ -29,7 +29,8 @@ from .data import load_datasets
 from .demo_data import PRETRAINING_SHAPES, generate_demo_dataset
 from .manifest import write_json
 from .recipes import compile_model, output_layer
-from .train import CACHE_DIR, _verbosity
+from .runs import CACHE_DIR
+from .train import fit_verbosity
 
 MODEL_FILE = "base.keras"
 RECORD_FILE = "pretraining.json"
@@ -95,7 +96,7 @@ def pretrain_base(data: Path, out: Path, *, image_size: tuple[int, int], epochs:
     compile_model(model, len(ds.classes), optimizer="adam",
                   learning_rate=keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps))
     start = time.perf_counter()
-    history = model.fit(ds.train, validation_data=ds.validation, epochs=epochs, verbose=_verbosity())
+    history = model.fit(ds.train, validation_data=ds.validation, epochs=epochs, verbose=fit_verbosity())
     seconds = time.perf_counter() - start
     model.save(out / MODEL_FILE)
     # Measured as the transfer rung will use the base: inference mode, on the moving statistics.

@@ -40,7 +40,7 @@ class EpochTimer(keras.callbacks.Callback):
             logs["epoch_seconds"] = time.perf_counter() - self._start
 
 
-def _verbosity() -> int:
+def fit_verbosity() -> int:
     # Progress bars on a terminal; one line per epoch in a log file.
     return 1 if sys.stdout.isatty() else 2
 
@@ -110,7 +110,7 @@ def fit_on_features(core: keras.Model, ds: Datasets, hp: Hyperparameters, out: P
     validation = None
     if "val_x" in arrays:
         validation = tf.data.Dataset.from_tensor_slices((arrays["val_x"], arrays["val_y"])).batch(hp.batch_size)
-    head.fit(train, validation_data=validation, epochs=hp.epochs, verbose=_verbosity(), shuffle=False,
+    head.fit(train, validation_data=validation, epochs=hp.epochs, verbose=fit_verbosity(), shuffle=False,
              callbacks=_callbacks(out, out / HEAD_WEIGHTS, hp, validated=validation is not None, weights_only=True))
     head.load_weights(out / HEAD_WEIGHTS)  # the epoch ModelCheckpoint kept
     return float(arrays["seconds"])
@@ -148,7 +148,7 @@ def train(recipe: str, hp: Hyperparameters, *, data: str | Path | None, name: st
     else:
         model = assemble(core, augment=hp.augment, seed=hp.seed, name=name)
         compile_model(model, len(ds.classes), optimizer=hp.optimizer, learning_rate=hp.learning_rate)
-        model.fit(ds.train, validation_data=ds.validation, epochs=hp.epochs, verbose=_verbosity(), shuffle=False,
+        model.fit(ds.train, validation_data=ds.validation, epochs=hp.epochs, verbose=fit_verbosity(), shuffle=False,
                   callbacks=_callbacks(out, out / KERAS_FILE, hp, validated=ds.validation is not None))
 
     best = load_keras_model(out)  # the best epoch by validation loss (the last without validation)
