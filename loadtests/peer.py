@@ -18,7 +18,7 @@ import requests
 
 from service.registry import ModelPackage
 
-from . import loadgen, triton_peer, v2
+from . import levels, loadgen, triton_peer, v2
 from .servers import REPO, Server, free_port, metric_value
 
 VENV = REPO / ".venv-triton"  # the Makefile's TRITON_VENV: `make triton-peer` makes it from pyproject.toml
@@ -110,22 +110,17 @@ def versions(target: Server, python: Path) -> dict[str, str]:
     return found | (json.loads(run.stdout) if run.returncode == 0 else {})
 
 
-def measured(config: Configuration, levels: list[dict], labels: list[str | None]) -> dict:
-    return {"label": config.label, **asdict(config), "levels": levels, "top1": labels}
+def measured(config: Configuration, measured_levels: list[dict], labels: list[str | None]) -> dict:
+    return {"label": config.label, **asdict(config), "levels": measured_levels, "top1": labels}
 
 
 # --- the comparison -------------------------------------------------------------------------------------
 
 
-def _level(levels: list[dict], concurrency: int, images_per_request: int) -> dict | None:
-    return next((level for level in levels if level["concurrency"] == concurrency
-                 and level["images_per_request"] == images_per_request), None)
-
-
 def best(peer: dict, concurrency: int, images_per_request: int) -> tuple[dict, dict] | None:
     """(configuration, its level) with the most images/s at this level, one without errors first."""
     candidates = [(config, level) for config in peer["configurations"]
-                  if (level := _level(config["levels"], concurrency, images_per_request))]
+                  if (level := levels.find(config, concurrency, images_per_request))]
     if not candidates:
         return None
     return max(candidates, key=lambda pair: (pair[1]["errors"] == 0, pair[1]["images_per_s"]))

@@ -21,6 +21,7 @@ from .imaging import InputSpec
 from .package import MANIFEST, sha256
 from .settings import ModelRef
 
+
 class ModelError(Exception):
     """A configured model that cannot be served; the message is one line that names it."""
 

@@ -65,7 +65,7 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-def _class_folders(folder: Path) -> list[str]:
+def class_folders(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
@@ -145,15 +145,15 @@ def scan_image_folder(root: str | Path, *, validation_split: float = 0.2, seed: 
     train_dir = root / "train"
     if not train_dir.is_dir():
         raise UserError(f"{root} has no train/ folder: expected {root}/train/<class>/<image files>")
-    classes = _class_folders(train_dir)
+    classes = class_folders(train_dir)
     if not classes:
         raise UserError(f"{train_dir} has no class folders: expected {train_dir}/<class>/<image files>")
     if len(classes) < 2:
         raise UserError(f"{train_dir} has only one class ({classes[0]}): a classifier needs at least two")
     for split_name in SPLITS[1:]:
         split_dir = root / split_name
-        if split_dir.is_dir() and _class_folders(split_dir) != classes:
-            other = _class_folders(split_dir)
+        if split_dir.is_dir() and class_folders(split_dir) != classes:
+            other = class_folders(split_dir)
             missing = sorted(set(classes) - set(other))
             extra = sorted(set(other) - set(classes))
             raise UserError(

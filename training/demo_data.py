@@ -25,12 +25,15 @@ SHAPES = ("circles", "squares", "triangles")
 # A shape drawn as its outline only, as thick as a ring: "outlined-stars".
 OUTLINED = "outlined-"
 _FILLED_PRETRAINING = ("crosses", "stars", "pentagons", "hexagons", "half-discs", "ellipses")
-# Thirteen classes: more classes make the base's pooled features more general (seven gave a frozen
-# base 73% on the demo task, thirteen 74-77%, in the same pretraining time).
+# Thirteen classes: more classes make the base's pooled features more general (docs/results.md,
+# "The demo offline").
 PRETRAINING_SHAPES = ("rings", *_FILLED_PRETRAINING, *(OUTLINED + kind for kind in _FILLED_PRETRAINING))
 # Corners of each polygon and the angle of its first one (before the tilt).
 _POLYGONS = {"squares": (4, math.pi / 4), "triangles": (3, -math.pi / 2), "pentagons": (5, -math.pi / 2), "hexagons": (6, 0.0)}
 SPLITS = ("train", "validation", "test")
+# The pictures' sides (pixels) and the shapes' radius (a fraction of the smaller side), by default.
+SIZE_RANGE = (112, 160)
+RADIUS = (0.2, 0.3)
 
 
 def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
@@ -67,7 +70,7 @@ def _star_or_cross(kind: str, cx: float, cy: float, r: float, tilt: float) -> li
 
 
 def draw_shape(rng: np.random.Generator, kind: str, width: int, height: int,
-               radius: tuple[float, float] = (0.2, 0.3)) -> tuple[Image.Image, tuple[int, int, int, int]]:
+               radius: tuple[float, float] = RADIUS) -> tuple[Image.Image, tuple[int, int, int, int]]:
     """One picture of `kind` and its bounding box (x0, y0, x1, y1); its radius a fraction within
     `radius` of the picture's smaller side."""
     background = _background(rng, width, height)
@@ -114,8 +117,8 @@ def generate_demo_dataset(
     *,
     classes: tuple[str, ...] = SHAPES,
     per_class: dict[str, int] | None = None,
-    size_range: tuple[int, int] = (112, 160),
-    radius: tuple[float, float] = (0.2, 0.3),
+    size_range: tuple[int, int] = SIZE_RANGE,
+    radius: tuple[float, float] = RADIUS,
     seed: int = 1337,
 ) -> Path:
     """Write the demo dataset to `directory` and return it.

@@ -35,7 +35,6 @@ RUNGS = (
     # The seed's protocol (all 60,000 digits, the last epoch kept) with a longer cosine schedule.
     Rung("mnist", "mnist", "MNIST convnet", 0.993, {"validation_split": 0.0, "epochs": 10, "lr_schedule": "cosine"}),
 )
-BY_NAME = {rung.name: rung for rung in RUNGS}
 # Fine-tuning needs a transfer model of its input size with a trained head: the feature-extraction
 # rung (the book fine-tunes its augmented one, cvd-transfer here, at 224), which trains in minutes.
 FINETUNE_FROM = "cvd-transfer-features"

@@ -25,8 +25,8 @@ from keras import layers
 
 from .bases import PreprocessInput, build_base
 from .config import resolve
-from .data import load_datasets
-from .demo_data import PRETRAINING_SHAPES, generate_demo_dataset
+from .data import class_folders, load_datasets
+from .demo_data import PRETRAINING_SHAPES, RADIUS, SIZE_RANGE, generate_demo_dataset
 from .manifest import write_json
 from .recipes import compile_model, output_layer
 from .runs import CACHE_DIR
@@ -42,8 +42,8 @@ GENERATED_FILE = "generated.json"
 BATCH_NORM_MOMENTUM = 0.9
 
 
-def pretraining_data(directory: Path, *, per_class: dict[str, int], seed: int, size_range: tuple[int, int] = (112, 160),
-                     radius: tuple[float, float] = (0.2, 0.3)) -> Path:
+def pretraining_data(directory: Path, *, per_class: dict[str, int], seed: int, size_range: tuple[int, int] = SIZE_RANGE,
+                     radius: tuple[float, float] = RADIUS) -> Path:
     """The pretraining dataset in `directory`, generated there unless it already holds these options' images."""
     options = {"classes": list(PRETRAINING_SHAPES), "per_class": per_class, "seed": seed,
                "size_range": list(size_range), "radius": list(radius)}
@@ -64,7 +64,7 @@ def pretrain_base(data: Path, out: Path, *, image_size: tuple[int, int], epochs:
     """Train MobileNetV2 (alpha `alpha`, random weights) on the image folder `data`; save it to
     out/base.keras and return the record of out/pretraining.json (its "model" is the file's path)."""
     train = Path(data) / "train"  # load_datasets says what is wrong with a folder without it
-    classes = sorted(folder.name for folder in train.iterdir() if folder.is_dir()) if train.is_dir() else []
+    classes = class_folders(train) if train.is_dir() else []
     generated = Path(data) / GENERATED_FILE  # a folder generated again with other options holds other images
     options = {"data": str(Path(data).resolve()), "classes": classes,
                "generated": json.loads(generated.read_text()) if generated.is_file() else None,

@@ -15,7 +15,7 @@ from .config import resolve
 from .data import load_mnist, scan_image_folder
 from .errors import UserError
 from .export import export_if_changed
-from .ladder import BY_NAME, FINETUNE_FROM, RUNGS, Rung
+from .ladder import FINETUNE_FROM, RUNGS, Rung
 from .manifest import MANIFEST
 from .pipeline import print_summary
 from .runs import run_record, trained_with
@@ -26,9 +26,10 @@ def reproduce(*, data: str, mnist: str | None, base_weights: str, models_dir: st
               only: list[str] | None = None) -> list[dict]:
     """Train and export the rungs (`only`: these names alone); return their manifests."""
     models_dir = Path(models_dir)
-    unknown = set(only or []) - set(BY_NAME)
+    names = [rung.name for rung in RUNGS]
+    unknown = set(only or []) - set(names)
     if unknown:
-        raise UserError(f"unknown rungs {sorted(unknown)}: choose from {', '.join(BY_NAME)}")
+        raise UserError(f"unknown rungs {sorted(unknown)}: choose from {', '.join(names)}")
     rungs = [rung for rung in RUNGS if not only or rung.name in only]
     check_inputs(rungs, data=data, mnist=mnist, base_weights=base_weights, models_dir=models_dir)
     manifests = []
