@@ -193,9 +193,20 @@ def core_of(model: keras.Model) -> keras.Model:
 
 
 def compile_model(model: keras.Model, num_classes: int, *, optimizer: str, learning_rate: float) -> None:
+    """Compile with the loss and accuracy of the output layer, every variable of training made now.
+
+    A variable that the first training step creates (the optimizer's slots, a metric named by a
+    string) makes tf.function trace that whole step twice: for MobileNetV2 about 10 s more on
+    2 cores before the first batch (docs/results.md, "The demo offline"). So the accuracy is a
+    metric object and the optimizer is built here, on the variables trainable now: compile again
+    after changing which layers train.
+    """
     optimizers = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam}
+    binary = num_classes == 2
+    accuracy = keras.metrics.BinaryAccuracy if binary else keras.metrics.SparseCategoricalAccuracy
     model.compile(
         optimizer=optimizers[optimizer](learning_rate=learning_rate),
-        loss="binary_crossentropy" if num_classes == 2 else "sparse_categorical_crossentropy",
-        metrics=["accuracy"],
+        loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
+        metrics=[accuracy(name="accuracy")],
     )
+    model.optimizer.build(model.trainable_variables)
