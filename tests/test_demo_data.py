@@ -64,10 +64,10 @@ def test_an_outlined_shape_is_the_border_of_the_filled_one():
 
 def test_the_radius_option_sizes_the_shapes(tmp_path):
     root = generate_demo_dataset(tmp_path / "r", classes=("circles",), per_class={"train": 5}, size_range=(60, 60),
-                                 radius=(0.4, 0.45))
+                                 radius=(0.1, 0.12))  # far from the default's
     with open(root / "annotations.csv") as f:
         widths = [int(row["x1"]) - int(row["x0"]) for row in csv.DictReader(f)]
-    assert all(2 * 0.4 * 60 - 1 <= w <= 2 * 0.45 * 60 + 2 for w in widths)
+    assert all(2 * 0.1 * 60 - 1 <= w <= 2 * 0.12 * 60 + 2 for w in widths)
 
 
 def test_the_pretraining_data_is_generated_again_only_for_other_options(tmp_path):

@@ -31,9 +31,12 @@ PRETRAINING_SHAPES = ("rings", *_FILLED_PRETRAINING, *(OUTLINED + kind for kind 
 # Corners of each polygon and the angle of its first one (before the tilt).
 _POLYGONS = {"squares": (4, math.pi / 4), "triangles": (3, -math.pi / 2), "pentagons": (5, -math.pi / 2), "hexagons": (6, 0.0)}
 SPLITS = ("train", "validation", "test")
-# The pictures' sides (pixels) and the shapes' radius (a fraction of the smaller side), by default.
+# The pictures' sides (pixels) and the shapes' radius (a fraction of the smaller side), by default:
+# the shape fills much of the picture, as the subject of a photograph does. The pretraining pictures
+# draw theirs as large, so that the demo's base learns features at the scale the transfer rungs see
+# them (docs/results.md, "The demo offline").
 SIZE_RANGE = (112, 160)
-RADIUS = (0.2, 0.3)
+RADIUS = (0.27, 0.45)
 
 
 def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
