@@ -196,10 +196,10 @@ def compile_model(model: keras.Model, num_classes: int, *, optimizer: str, learn
     """Compile with the loss and accuracy of the output layer, every variable of training made now.
 
     A variable that the first training step creates (the optimizer's slots, a metric named by a
-    string) makes tf.function trace that whole step twice: for MobileNetV2 about 10 s more on
-    2 cores before the first batch (docs/results.md, "The demo offline"). So the accuracy is a
-    metric object and the optimizer is built here, on the variables trainable now: compile again
-    after changing which layers train.
+    string) makes tf.function trace that whole step a second time, for MobileNetV2 most of the
+    wait before its first batch (docs/results.md, "The demo offline"). So the accuracy is a metric
+    object and the optimizer is built here, on the variables trainable now: compile again after
+    changing which layers train.
     """
     optimizers = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam}
     binary = num_classes == 2
