@@ -5,9 +5,10 @@ Generate the data, train the ladder, export and register the models, then serve 
 per rung keep it short; the recipes are the real ones. The transfer rungs' base: the weights of
 --base-weights when given; else ImageNet's when they can be had (cached or downloadable); else,
 offline, a MobileNetV2 the demo pretrains itself at 64x64 on a second generated dataset of other
-shapes (training/pretrain.py), passed to the transfer rung as `--base-weights models/demo-base/base.keras`
-would pass it; the transfer rungs then run at 64x64 too, with fast feature extraction. The summary
-says which (the manifests record it).
+shapes (training/pretrain.py), in a process of its own while the rungs that need no base train,
+passed to the transfer rung as `--base-weights models/demo-base/base.keras` would pass it; the
+transfer rungs then run at 64x64 too, with fast feature extraction. The summary says which (the
+manifests record it).
 """
 
 from __future__ import annotations
@@ -21,16 +22,18 @@ from .config import LADDER, LADDER_NAMES
 from .demo_data import generate_demo_dataset
 from .errors import UserError
 from .manifest import MANIFEST, read_manifest
-from .pipeline import run_pipeline
+from .pipeline import print_summary, run_pipeline
+from .pretrain import MODEL_FILE, Pretraining, describe, pretraining_data
+from .registry import RECIPES
 
 IMAGE_SIZE = (96, 96)
 EPOCHS = {"scratch": 12, "augmented": 15, "transfer": 8, "finetune": 5}
 # Offline: the base the demo pretrains (models/demo-base/, beside the ladder), what it is trained on
 # and at what size. 64x64, not 96: 2.25 times fewer operations per image, so more epochs in the same
-# time; and shapes drawn large (their radius 27-45% of the picture, not 20-30%) are learnt in fewer
-# epochs (the runs that chose this: docs/results.md, "The demo offline").
+# time. Its pictures are small (64-80 pixels: cheap to draw and decode) with the demo's large shapes
+# (the runs that chose this: docs/results.md, "The demo offline").
 BASE_DIR = "demo-base"
-PRETRAINING_DATA = {"per_class": {"train": 480, "validation": 50}, "size_range": (64, 80), "radius": (0.27, 0.45)}
+PRETRAINING_DATA = {"per_class": {"train": 480, "validation": 50}, "size_range": (64, 80)}
 PRETRAINING = {"image_size": (64, 64), "epochs": 7, "batch_size": 64, "learning_rate": 3e-3}
 # The transfer rungs on a base of the demo's own run at its pretraining size, as ImageNet's do at 224
 # (at another size its features are much worse). Its frozen features need
@@ -58,10 +61,18 @@ def run_demo(*, models_dir: Path, data: Path, epochs: int | None = None, base_we
         print(f"generating the demo dataset in {data}")
         generate_demo_dataset(data)
     _check_models_dir(models_dir, data)
-    base_weights, origin = _base(base_weights, models_dir, data)
-    per_recipe = rung_options(own_base=origin is not None, epochs=epochs)
-    manifests = run_pipeline(str(data), models_dir=models_dir, per_recipe=per_recipe, image_size=IMAGE_SIZE,
-                             base_weights=base_weights)
+    base_weights, pretraining = _base(base_weights, models_dir, data)
+    options = {"models_dir": models_dir, "per_recipe": rung_options(own_base=pretraining is not None, epochs=epochs),
+               "image_size": IMAGE_SIZE, "base_weights": base_weights, "summary": False}
+    try:
+        # The rungs without a base train while the base pretrains (when it does).
+        manifests = run_pipeline(str(data), rungs=tuple(r for r in LADDER if not RECIPES[r].pretrained), **options)
+        origin = describe(pretraining.wait()) if pretraining else None
+        manifests += run_pipeline(str(data), rungs=tuple(r for r in LADDER if RECIPES[r].pretrained), **options)
+    finally:
+        if pretraining:
+            pretraining.stop()
+    print_summary(manifests)
     transfer = next(m for m in manifests if m["recipe"] == "transfer")["base"]
     print(f"\nthe transfer rungs' base: {origin or transfer['weights_source']}")
     serve_and_classify([m["name"] for m in manifests], data)
@@ -77,8 +88,9 @@ def rung_options(*, own_base: bool, epochs: int | None = None) -> dict[str, dict
     return per_recipe
 
 
-def _base(base_weights: str | None, models_dir: Path, data: Path) -> tuple[str, str | None]:
-    """The --base-weights of the transfer rungs, and (when the demo pretrained it) where it came from."""
+def _base(base_weights: str | None, models_dir: Path, data: Path) -> tuple[str, Pretraining | None]:
+    """The --base-weights of the transfer rungs, and the pretraining of the demo's own base when it makes one
+    (started: the file it names is there once the pretraining is waited for)."""
     from .bases import imagenet_available
     from .config import resolve
 
@@ -87,13 +99,13 @@ def _base(base_weights: str | None, models_dir: Path, data: Path) -> tuple[str, 
     hp = resolve("transfer", image_size=IMAGE_SIZE)
     if imagenet_available(hp.base, hp.input_shape, alpha=hp.alpha):
         return "imagenet", None
-    from .pretrain import describe, pretrain_base, pretraining_data
-
     print("note: ImageNet weights cannot be downloaded and are not cached in ~/.keras/models: the demo pretrains "
           "its own MobileNetV2 base on other generated shapes (pass --base-weights PATH to use a local file)")
-    pretraining = pretraining_data(data.parent / f"{data.name}-pretraining", seed=7, **PRETRAINING_DATA)
-    record = pretrain_base(pretraining, models_dir / BASE_DIR, **PRETRAINING)
-    return record["model"], describe(record)
+    data = pretraining_data(data.parent / f"{data.name}-pretraining", seed=7, **PRETRAINING_DATA)
+    out = models_dir / BASE_DIR
+    pretraining = Pretraining(data, out, **PRETRAINING)
+    print(f"pretraining it in the background, while the rungs that need no base train (its progress: {pretraining.log})")
+    return str((out / MODEL_FILE).resolve()), pretraining
 
 
 def serve_and_classify(names: list[str], data: Path) -> None:

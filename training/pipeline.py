@@ -20,14 +20,16 @@ from .train import train
 
 def run_pipeline(data, *, models_dir: str | Path = "models", prefix: str = "", overwrite: bool = False,
                  fallback_to_random: bool = False, per_recipe: dict[str, dict] | None = None, export: bool = True,
-                 register_model: bool = True, **overrides) -> list[dict]:
-    """Train (and export) the four rungs into models_dir/<prefix><name>; return their manifests.
+                 register_model: bool = True, rungs: tuple[str, ...] = LADDER, summary: bool = True,
+                 **overrides) -> list[dict]:
+    """Train (and export) the rungs (default: all four, in order) into models_dir/<prefix><name>;
+    print their summary unless `summary` is False; return their manifests.
 
     `overrides` apply to every rung, `per_recipe[recipe]` to one.
     """
     models_dir = Path(models_dir)
     manifests = []
-    for recipe in LADDER:
+    for recipe in rungs:
         name = prefix + LADDER_NAMES[recipe]
         out = models_dir / name
         starts_from = RECIPES[recipe].starts_from
@@ -40,7 +42,8 @@ def run_pipeline(data, *, models_dir: str | Path = "models", prefix: str = "", o
             manifest = train(recipe, hp, data=data, name=name, models_dir=models_dir,
                              source=source, overwrite=overwrite, fallback_to_random=fallback_to_random)
         manifests.append(export_if_changed(out, register_model=register_model) if export else manifest)
-    print_summary(manifests)
+    if summary:
+        print_summary(manifests)
     return manifests
 
 

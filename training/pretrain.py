@@ -11,12 +11,17 @@ of ImageNet.
 The pretraining model is the base with a softmax on its pooled features, trained end to end and
 saved whole as `base.keras` (the base is its layer "base"), with `pretraining.json` saying what it
 was trained on and how well it learnt it. Same options, same data: the saved base is reused.
+`Pretraining` runs it in a process of its own, its output in `pretraining.log`, so that the demo
+trains the rungs that need no base meanwhile.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -27,6 +32,7 @@ from .bases import PreprocessInput, build_base
 from .config import resolve
 from .data import class_folders, load_datasets
 from .demo_data import PRETRAINING_SHAPES, RADIUS, SIZE_RANGE, generate_demo_dataset
+from .errors import UserError
 from .manifest import write_json
 from .recipes import compile_model, output_layer
 from .runs import CACHE_DIR
@@ -34,6 +40,7 @@ from .train import fit_verbosity
 
 MODEL_FILE = "base.keras"
 RECORD_FILE = "pretraining.json"
+LOG_FILE = "pretraining.log"
 # What a generated pretraining folder was generated with: other options generate it again.
 GENERATED_FILE = "generated.json"
 # What the transfer rung's base is frozen with: BatchNormalization runs on its moving statistics.
@@ -96,7 +103,7 @@ def pretrain_base(data: Path, out: Path, *, image_size: tuple[int, int], epochs:
     compile_model(model, len(ds.classes), optimizer="adam",
                   learning_rate=keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps))
     start = time.perf_counter()
-    history = model.fit(ds.train, validation_data=ds.validation, epochs=epochs, verbose=fit_verbosity())
+    history = model.fit(ds.train, validation_data=ds.validation, epochs=epochs, verbose=fit_verbosity(), shuffle=False)
     seconds = time.perf_counter() - start
     model.save(out / MODEL_FILE)
     # Measured as the transfer rung will use the base: inference mode, on the moving statistics.
@@ -109,6 +116,49 @@ def pretrain_base(data: Path, out: Path, *, image_size: tuple[int, int], epochs:
     return record
 
 
+class Pretraining:
+    """`pretrain_base(data, out, **options)` in a Python process of its own, everything it prints
+    (TensorFlow's own lines too) in out/pretraining.log. On 2 cores two TensorFlow processes get
+    more work done than one (docs/results.md, "The demo offline"): the demo trains its first rungs
+    meanwhile."""
+
+    def __init__(self, data: Path, out: Path, **options):
+        out.mkdir(parents=True, exist_ok=True)
+        self.out, self.log = out, out / LOG_FILE
+        arguments = json.dumps({"data": str(data), "out": str(out), "options": options})
+        with open(self.log, "w") as log:
+            self._process = subprocess.Popen([sys.executable, "-m", "training.pretrain", arguments], stdout=log,
+                                             stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def wait(self) -> dict:
+        """The record of out/pretraining.json once the process has ended; a UserError if it failed."""
+        if self._process.poll() is None:
+            print(f"waiting for the base's pretraining to finish (its progress: {self.log})")
+        code = self._process.wait()
+        if code != 0:
+            lines = [line for line in self.log.read_text(errors="replace").splitlines() if line.strip()]
+            raise UserError(f"pretraining the base failed (exit code {code}): {lines[-1] if lines else 'no output'}; "
+                            f"its output: {self.log}")
+        return json.loads((self.out / RECORD_FILE).read_text())
+
+    def stop(self) -> None:
+        """End the process if it still runs (the demo stopped before it needed the base)."""
+        if self._process.poll() is None:
+            self._process.terminate()
+        self._process.wait()
+
+
+def _main(arguments: str) -> int:
+    """The process Pretraining starts: `python -m training.pretrain '{"data": ..., "out": ..., "options": {...}}'`."""
+    given = json.loads(arguments)
+    try:
+        pretrain_base(Path(given["data"]), Path(given["out"]), **given["options"])
+    except UserError as err:
+        print(f"error: {err}")
+        return 2
+    return 0
+
+
 def describe(record: dict) -> str:
     """One line: where the base came from and how well it learnt its own task."""
     sizes, (height, width) = record["dataset"]["sizes"], record["options"]["image_size"]
@@ -116,3 +166,7 @@ def describe(record: dict) -> str:
             f"{len(record['classes'])} other shapes ({', '.join(record['classes'])}; {sizes['train']} images at {height}x{width}, "
             f"{record['epochs_run']} epochs, {record['seconds']:.0f} s, validation accuracy {record['validation_accuracy']:.1%}) "
             f"-> {record['model']}")
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1]))
