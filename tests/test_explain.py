@@ -156,7 +156,9 @@ SIZE = 64
 def located_model(tmp_path_factory):
     """BaseNet (its 26x26 feature map) trained for a few seconds on 64x64 demo images, exported."""
     root = tmp_path_factory.mktemp("located")
-    data = generate_demo_dataset(root / "data", per_class={"train": 150, "validation": 30, "test": 10}, size_range=(64, 96))
+    # shapes of about the size off_centre_image draws (the demo's own are larger)
+    data = generate_demo_dataset(root / "data", per_class={"train": 150, "validation": 30, "test": 10}, size_range=(64, 96),
+                                 radius=(0.2, 0.3))
     train("basenet", resolve("basenet", image_size=(SIZE, SIZE), epochs=30), data=data, name="located", models_dir=root)
     return export_model(root / "located", register_model=False), root / "located"
 
