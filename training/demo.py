@@ -101,9 +101,9 @@ def _base(base_weights: str | None, models_dir: Path, data: Path) -> tuple[str, 
         return "imagenet", None
     print("note: ImageNet weights cannot be downloaded and are not cached in ~/.keras/models: the demo pretrains "
           "its own MobileNetV2 base on other generated shapes (pass --base-weights PATH to use a local file)")
-    data = pretraining_data(data.parent / f"{data.name}-pretraining", seed=7, **PRETRAINING_DATA)
+    shapes = pretraining_data(data.parent / f"{data.name}-pretraining", seed=7, **PRETRAINING_DATA)
     out = models_dir / BASE_DIR
-    pretraining = Pretraining(data, out, **PRETRAINING)
+    pretraining = Pretraining(shapes, out, **PRETRAINING)
     print(f"pretraining it in the background, while the rungs that need no base train (its progress: {pretraining.log})")
     return str((out / MODEL_FILE).resolve()), pretraining
 
