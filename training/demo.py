@@ -13,13 +13,14 @@ manifests record it).
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
 import requests
 
 from .config import LADDER, LADDER_NAMES
-from .demo_data import generate_demo_dataset
+from .demo_data import generate_demo_dataset, generated_with, generation_options
 from .errors import UserError
 from .manifest import MANIFEST, read_manifest
 from .pipeline import print_summary, run_pipeline
@@ -57,13 +58,12 @@ def _check_models_dir(models_dir: Path, data: Path) -> None:
 
 
 def run_demo(*, models_dir: Path, data: Path, epochs: int | None = None, base_weights: str | None = None) -> list[dict]:
-    if not (data / "train").is_dir():
-        print(f"generating the demo dataset in {data}")
-        generate_demo_dataset(data)
+    generated = _demo_data(data)
     _check_models_dir(models_dir, data)
     base_weights, pretraining = _base(base_weights, models_dir, data)
+    # Models trained on the folder's previous images are trained again on its new ones.
     options = {"models_dir": models_dir, "per_recipe": rung_options(own_base=pretraining is not None, epochs=epochs),
-               "image_size": IMAGE_SIZE, "base_weights": base_weights, "summary": False}
+               "image_size": IMAGE_SIZE, "base_weights": base_weights, "summary": False, "overwrite": generated}
     try:
         # The rungs without a base train while the base pretrains (when it does).
         manifests = run_pipeline(str(data), rungs=tuple(r for r in LADDER if not RECIPES[r].pretrained), **options)
@@ -77,6 +77,22 @@ def run_demo(*, models_dir: Path, data: Path, epochs: int | None = None, base_we
     print(f"\nthe transfer rungs' base: {origin or transfer['weights_source']}")
     serve_and_classify([m["name"] for m in manifests], data)
     return manifests
+
+
+def _demo_data(data: Path) -> bool:
+    """Generate the demo dataset in `data` unless it is there; True when generated now. A folder the
+    demo generated with other options (its generated.json: an earlier version's) is generated again;
+    one it did not generate (no generated.json) is used as it is."""
+    recorded = generated_with(data)
+    if (data / "train").is_dir() and recorded in (None, generation_options()):
+        return False
+    if recorded is not None:
+        print(f"generating the demo dataset in {data} again: it was generated with other options")
+        shutil.rmtree(data)
+    else:
+        print(f"generating the demo dataset in {data}")
+    generate_demo_dataset(data)
+    return True
 
 
 def rung_options(*, own_base: bool, epochs: int | None = None) -> dict[str, dict]:
@@ -104,7 +120,8 @@ def _base(base_weights: str | None, models_dir: Path, data: Path) -> tuple[str, 
     shapes = pretraining_data(data.parent / f"{data.name}-pretraining", seed=7, **PRETRAINING_DATA)
     out = models_dir / BASE_DIR
     pretraining = Pretraining(shapes, out, **PRETRAINING)
-    print(f"pretraining it in the background, while the rungs that need no base train (its progress: {pretraining.log})")
+    print("its pretraining runs in a process of its own while the rungs that need no base train (a base pretrained "
+          f"with the same options is reused; its progress: {pretraining.log})")
     return str((out / MODEL_FILE).resolve()), pretraining
 
 

@@ -15,6 +15,7 @@ different task whose edges, corners and curves are what the demo's classes are t
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -31,6 +32,10 @@ PRETRAINING_SHAPES = ("rings", *_FILLED_PRETRAINING, *(OUTLINED + kind for kind 
 # Corners of each polygon and the angle of its first one (before the tilt).
 _POLYGONS = {"squares": (4, math.pi / 4), "triangles": (3, -math.pi / 2), "pentagons": (5, -math.pi / 2), "hexagons": (6, 0.0)}
 SPLITS = ("train", "validation", "test")
+PER_CLASS = {"train": 100, "validation": 30, "test": 40}
+# What generate_demo_dataset drew a folder with, written beside annotations.csv: the demo generates
+# a folder of its own again when it records other options.
+GENERATED_FILE = "generated.json"
 # The pictures' sides (pixels) and the shapes' radius (a fraction of the smaller side), by default:
 # the shape fills much of the picture, as the subject of a photograph does. The pretraining pictures
 # draw theirs as large, so that the demo's base learns features at the scale the transfer rungs see
@@ -124,16 +129,17 @@ def generate_demo_dataset(
     radius: tuple[float, float] = RADIUS,
     seed: int = 1337,
 ) -> Path:
-    """Write the demo dataset to `directory` and return it.
+    """Write the demo dataset to `directory` and return it, with generated.json recording the options.
 
-    `per_class` gives the number of images per class in each split (default 100/30/40: 510 images
-    for three classes). Image sides vary within `size_range` so that resizing is exercised; a shape's
-    radius is a fraction within `radius` of the picture's smaller side.
+    `per_class` gives the number of images per class in each split (default PER_CLASS, 100/30/40: 510
+    images for three classes). Image sides vary within `size_range` so that resizing is exercised; a
+    shape's radius is a fraction within `radius` of the picture's smaller side.
     """
     unknown = set(classes) - set(SHAPES + PRETRAINING_SHAPES)
     if unknown:
         raise ValueError(f"unknown demo classes {sorted(unknown)}; choose from {SHAPES + PRETRAINING_SHAPES}")
-    per_class = per_class or {"train": 100, "validation": 30, "test": 40}
+    options = generation_options(classes=classes, per_class=per_class, size_range=size_range, radius=radius, seed=seed)
+    per_class = options["per_class"]
     directory = Path(directory)
     rng = np.random.default_rng(seed)
     rows = []
@@ -153,4 +159,19 @@ def generate_demo_dataset(
         writer = csv.writer(f)
         writer.writerow(("split", "class", "file", "x0", "y0", "x1", "y1"))
         writer.writerows(rows)
+    (directory / GENERATED_FILE).write_text(json.dumps(options, indent=2) + "\n")
     return directory
+
+
+def generation_options(*, classes: tuple[str, ...] = SHAPES, per_class: dict[str, int] | None = None,
+                       size_range: tuple[int, int] = SIZE_RANGE, radius: tuple[float, float] = RADIUS,
+                       seed: int = 1337) -> dict:
+    """What generate_demo_dataset records in generated.json for these options."""
+    return {"classes": list(classes), "per_class": dict(per_class or PER_CLASS), "seed": seed,
+            "size_range": list(size_range), "radius": list(radius)}
+
+
+def generated_with(directory: Path) -> dict | None:
+    """The options a folder was generated with (its generated.json), or None for a folder without one."""
+    marker = Path(directory) / GENERATED_FILE
+    return json.loads(marker.read_text()) if marker.is_file() else None

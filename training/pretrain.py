@@ -31,7 +31,7 @@ from keras import layers
 from .bases import PreprocessInput, build_base
 from .config import resolve
 from .data import class_folders, load_datasets
-from .demo_data import PRETRAINING_SHAPES, RADIUS, SIZE_RANGE, generate_demo_dataset
+from .demo_data import PRETRAINING_SHAPES, RADIUS, SIZE_RANGE, generate_demo_dataset, generated_with, generation_options
 from .errors import UserError
 from .manifest import write_json
 from .recipes import compile_model, output_layer
@@ -41,8 +41,6 @@ from .train import fit_verbosity
 MODEL_FILE = "base.keras"
 RECORD_FILE = "pretraining.json"
 LOG_FILE = "pretraining.log"
-# What a generated pretraining folder was generated with: other options generate it again.
-GENERATED_FILE = "generated.json"
 # What the transfer rung's base is frozen with: BatchNormalization runs on its moving statistics.
 # Keras' MobileNetV2 updates them with momentum 0.999, which after a few hundred steps still holds
 # most of their initial values (mean 0, variance 1); 0.9 follows the data within tens of steps.
@@ -52,18 +50,15 @@ BATCH_NORM_MOMENTUM = 0.9
 def pretraining_data(directory: Path, *, per_class: dict[str, int], seed: int, size_range: tuple[int, int] = SIZE_RANGE,
                      radius: tuple[float, float] = RADIUS) -> Path:
     """The pretraining dataset in `directory`, generated there unless it already holds these options' images."""
-    options = {"classes": list(PRETRAINING_SHAPES), "per_class": per_class, "seed": seed,
-               "size_range": list(size_range), "radius": list(radius)}
-    marker = directory / GENERATED_FILE
-    if marker.is_file() and json.loads(marker.read_text()) == options:
+    options = generation_options(classes=PRETRAINING_SHAPES, per_class=per_class, seed=seed, size_range=size_range,
+                                 radius=radius)
+    if generated_with(directory) == options:
         return directory
     if directory.is_dir():
         shutil.rmtree(directory)  # the demo's own folder, generated with other options
     print(f"generating the pretraining dataset in {directory} ({', '.join(PRETRAINING_SHAPES)})")
-    generate_demo_dataset(directory, classes=PRETRAINING_SHAPES, per_class=per_class, size_range=size_range,
-                          radius=radius, seed=seed)
-    write_json(marker, options)
-    return directory
+    return generate_demo_dataset(directory, classes=PRETRAINING_SHAPES, per_class=per_class, size_range=size_range,
+                                 radius=radius, seed=seed)
 
 
 def pretrain_base(data: Path, out: Path, *, image_size: tuple[int, int], epochs: int, alpha: float = 0.35,
@@ -72,9 +67,9 @@ def pretrain_base(data: Path, out: Path, *, image_size: tuple[int, int], epochs:
     out/base.keras and return the record of out/pretraining.json (its "model" is the file's path)."""
     train = Path(data) / "train"  # load_datasets says what is wrong with a folder without it
     classes = class_folders(train) if train.is_dir() else []
-    generated = Path(data) / GENERATED_FILE  # a folder generated again with other options holds other images
     options = {"data": str(Path(data).resolve()), "classes": classes,
-               "generated": json.loads(generated.read_text()) if generated.is_file() else None,
+               # a folder generated again with other options holds other images
+               "generated": generated_with(data),
                "architecture": "mobilenet_v2", "alpha": alpha,
                "image_size": list(image_size), "epochs": epochs, "batch_size": batch_size,
                "learning_rate": learning_rate, "optimizer": "adam", "lr_schedule": "cosine", "seed": seed}
