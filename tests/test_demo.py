@@ -20,19 +20,21 @@ def test_epochs_given_apply_to_every_rung():
 
 
 def test_the_demo_generates_its_data_again_only_when_it_generated_them_with_other_options(tmp_path):
-    from training.demo import _demo_data
-    from training.demo_data import GENERATED_FILE, generate_demo_dataset, generated_with, generation_options
+    from training.demo_data import GENERATED_FILE, generate_demo_dataset, generated_dataset, generated_with, generation_options
+
+    def demo_data(folder):  # as the demo (and `train --demo`) asks for its data
+        return generated_dataset(folder, what="the demo dataset", keep_unrecorded=True)
 
     data = tmp_path / "demo"
-    assert _demo_data(data) is True and generated_with(data) == generation_options()
+    assert demo_data(data) is True and generated_with(data) == generation_options()
     first = (data / "train" / "circles" / "circle.0000.jpg").stat().st_mtime_ns
-    assert _demo_data(data) is False  # these options' images: kept
+    assert demo_data(data) is False  # these options' images: kept
     assert (data / "train" / "circles" / "circle.0000.jpg").stat().st_mtime_ns == first
 
     older = generate_demo_dataset(tmp_path / "older", per_class={"train": 2}, radius=(0.2, 0.3))
-    assert _demo_data(older) is True  # an earlier version's: generated again, with the options of now
+    assert demo_data(older) is True  # an earlier version's: generated again, with the options of now
     assert generated_with(older) == generation_options() and len(list((older / "test" / "squares").iterdir())) == 40
 
     own = generate_demo_dataset(tmp_path / "own", per_class={"train": 2})
     (own / GENERATED_FILE).unlink()  # a folder the demo did not generate: used as it is
-    assert _demo_data(own) is False and sorted(p.name for p in own.iterdir()) == ["annotations.csv", "train"]
+    assert demo_data(own) is False and sorted(p.name for p in own.iterdir()) == ["annotations.csv", "train"]

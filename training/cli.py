@@ -98,11 +98,9 @@ def _overrides(args) -> dict:
 
 def _data(args) -> str | None:
     if args.demo:
-        from .demo_data import generate_demo_dataset
+        from .demo_data import generated_dataset
 
-        if not (DEMO_DATA / "train").is_dir():
-            print(f"generating the demo dataset in {DEMO_DATA}")
-            generate_demo_dataset(DEMO_DATA)
+        generated_dataset(DEMO_DATA, what="the demo dataset", keep_unrecorded=True)
         return str(DEMO_DATA)
     return args.data
 

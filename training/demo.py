@@ -13,14 +13,13 @@ manifests record it).
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 
 import requests
 
 from .config import LADDER, LADDER_NAMES
-from .demo_data import generate_demo_dataset, generated_with, generation_options
+from .demo_data import generated_dataset
 from .errors import UserError
 from .manifest import MANIFEST, read_manifest
 from .pipeline import print_summary, run_pipeline
@@ -58,7 +57,7 @@ def _check_models_dir(models_dir: Path, data: Path) -> None:
 
 
 def run_demo(*, models_dir: Path, data: Path, epochs: int | None = None, base_weights: str | None = None) -> list[dict]:
-    generated = _demo_data(data)
+    generated = generated_dataset(data, what="the demo dataset", keep_unrecorded=True)
     _check_models_dir(models_dir, data)
     base_weights, pretraining = _base(base_weights, models_dir, data)
     # Models trained on the folder's previous images are trained again on its new ones.
@@ -77,22 +76,6 @@ def run_demo(*, models_dir: Path, data: Path, epochs: int | None = None, base_we
     print(f"\nthe transfer rungs' base: {origin or transfer['weights_source']}")
     serve_and_classify([m["name"] for m in manifests], data)
     return manifests
-
-
-def _demo_data(data: Path) -> bool:
-    """Generate the demo dataset in `data` unless it is there; True when generated now. A folder the
-    demo generated with other options (its generated.json: an earlier version's) is generated again;
-    one it did not generate (no generated.json) is used as it is."""
-    recorded = generated_with(data)
-    if (data / "train").is_dir() and recorded in (None, generation_options()):
-        return False
-    if recorded is not None:
-        print(f"generating the demo dataset in {data} again: it was generated with other options")
-        shutil.rmtree(data)
-    else:
-        print(f"generating the demo dataset in {data}")
-    generate_demo_dataset(data)
-    return True
 
 
 def rung_options(*, own_base: bool, epochs: int | None = None) -> dict[str, dict]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -175,3 +176,20 @@ def generated_with(directory: Path) -> dict | None:
     """The options a folder was generated with (its generated.json), or None for a folder without one."""
     marker = Path(directory) / GENERATED_FILE
     return json.loads(marker.read_text()) if marker.is_file() else None
+
+
+def generated_dataset(directory: Path, *, what: str, keep_unrecorded: bool = False, **options) -> bool:
+    """`directory` holding the dataset of `options` (generate_demo_dataset's): kept when its
+    generated.json records them, else generated (again: what was there removed). With
+    `keep_unrecorded`, a folder with train/ and no generated.json (not generated here: someone's own
+    images) is used as it is. True when generated now; `what` names the dataset in the line printed."""
+    directory = Path(directory)
+    recorded = generated_with(directory)
+    if recorded == generation_options(**options) or (keep_unrecorded and recorded is None and (directory / "train").is_dir()):
+        return False
+    again = directory.is_dir()
+    if again:
+        shutil.rmtree(directory)
+    print(f"generating {what} in {directory}" + (" again: it was generated with other options" if again else ""))
+    generate_demo_dataset(directory, **options)
+    return True

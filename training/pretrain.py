@@ -31,7 +31,7 @@ from keras import layers
 from .bases import PreprocessInput, build_base
 from .config import resolve
 from .data import class_folders, load_datasets
-from .demo_data import PRETRAINING_SHAPES, RADIUS, SIZE_RANGE, generate_demo_dataset, generated_with, generation_options
+from .demo_data import PRETRAINING_SHAPES, RADIUS, SIZE_RANGE, generated_dataset, generated_with
 from .errors import UserError
 from .manifest import write_json
 from .recipes import compile_model, output_layer
@@ -50,15 +50,9 @@ BATCH_NORM_MOMENTUM = 0.9
 def pretraining_data(directory: Path, *, per_class: dict[str, int], seed: int, size_range: tuple[int, int] = SIZE_RANGE,
                      radius: tuple[float, float] = RADIUS) -> Path:
     """The pretraining dataset in `directory`, generated there unless it already holds these options' images."""
-    options = generation_options(classes=PRETRAINING_SHAPES, per_class=per_class, seed=seed, size_range=size_range,
-                                 radius=radius)
-    if generated_with(directory) == options:
-        return directory
-    if directory.is_dir():
-        shutil.rmtree(directory)  # the demo's own folder, generated with other options
-    print(f"generating the pretraining dataset in {directory} ({', '.join(PRETRAINING_SHAPES)})")
-    return generate_demo_dataset(directory, classes=PRETRAINING_SHAPES, per_class=per_class, size_range=size_range,
-                                 radius=radius, seed=seed)
+    generated_dataset(directory, what=f"the pretraining dataset ({', '.join(PRETRAINING_SHAPES)})",
+                      classes=PRETRAINING_SHAPES, per_class=per_class, seed=seed, size_range=size_range, radius=radius)
+    return directory
 
 
 def pretrain_base(data: Path, out: Path, *, image_size: tuple[int, int], epochs: int, alpha: float = 0.35,
